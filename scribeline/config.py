@@ -1,0 +1,188 @@
+"""One configuration object, read from ``SCRIBELINE_*`` environment variables.
+
+An optional TOML file (``SCRIBELINE_CONFIG``, or ``scribeline.toml`` in the data
+directory) supplies defaults; the environment always wins. Credentials never
+have defaults in code: for the embedded S3 server they are generated on first
+use and kept in ``<data_dir>/s3-credentials.json`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PIPELINE_VERSION = "1"
+ENV_PREFIX = "SCRIBELINE_"
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".scribeline"
+
+
+def _default_model() -> str:
+    # Prefer the checkpoint that ships beside the project (offline machines);
+    # elsewhere whisper downloads "tiny.en" by name.
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "shared" / "models" / "tiny.en.pt",):
+        if candidate.exists():
+            return str(candidate)
+    return "tiny.en"
+
+
+def _as_bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class Settings:
+    """Every knob of the pipeline. Field ``foo`` is read from ``SCRIBELINE_FOO``."""
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+    # Object store. Empty endpoint means "the embedded SeaweedFS server".
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_secure: bool = False
+    s3_region: str = ""
+    bucket_incoming: str = "scribeline-incoming"
+    bucket_normalized: str = "scribeline-normalized"
+    bucket_processed: str = "scribeline-processed"
+    bucket_quarantine: str = "scribeline-quarantine"
+    # Embedded services (only used when s3_endpoint is empty / no Prefect API is configured).
+    embedded_s3_port: int = 8333
+    prefect_port: int = 4200
+    # Warehouse; empty means <data_dir>/warehouse.duckdb.
+    warehouse_path: str = ""
+    # Transcription.
+    model: str = field(default_factory=_default_model)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    language: str = ""  # empty: detect from speech
+    task: str = "transcribe"  # transcribe | translate
+    batch_size: int = 0  # 0: chosen from the device
+    word_timestamps: bool = True
+    split_channels: bool = False  # transcribe each channel of a stereo call separately
+    # Segmentation.
+    vad_threshold: float = 0.5
+    max_window_s: float = 30.0
+    # Redaction.
+    pii_entities: tuple[str, ...] = (
+        "PERSON",
+        "PHONE_NUMBER",
+        "EMAIL_ADDRESS",
+        "CREDIT_CARD",
+        "US_SSN",
+        "LOCATION",
+        "IBAN_CODE",
+        "IP_ADDRESS",
+    )
+    pii_score_threshold: float = 0.4
+    # Orchestration.
+    max_attempts: int = 3
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, str] = {}
+        config_file = env.get(ENV_PREFIX + "CONFIG")
+        data_dir = Path(env.get(ENV_PREFIX + "DATA_DIR", str(_default_data_dir()))).expanduser()
+        candidate = Path(config_file) if config_file else data_dir / "scribeline.toml"
+        if candidate.exists():
+            with open(candidate, "rb") as fh:
+                values.update({k.lower(): v for k, v in tomllib.load(fh).items()})
+        for f in dataclasses.fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = env[key]
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            kwargs[f.name] = _coerce(f, raw)
+        settings = cls(**kwargs)
+        settings.data_dir = Path(settings.data_dir).expanduser().resolve()
+        return settings
+
+    # Derived paths -----------------------------------------------------
+    @property
+    def warehouse(self) -> Path:
+        return Path(self.warehouse_path).expanduser() if self.warehouse_path else self.data_dir / "warehouse.duckdb"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.s3_endpoint
+
+    @property
+    def endpoint(self) -> str:
+        return self.s3_endpoint or f"127.0.0.1:{self.embedded_s3_port}"
+
+    def credentials(self) -> tuple[str, str]:
+        """S3 keys: from the environment, or the embedded server's generated pair."""
+        if self.s3_access_key and self.s3_secret_key:
+            return self.s3_access_key, self.s3_secret_key
+        if not self.embedded:
+            raise ValueError(
+                "SCRIBELINE_S3_ACCESS_KEY and SCRIBELINE_S3_SECRET_KEY must be set "
+                f"to use the S3 endpoint {self.s3_endpoint}"
+            )
+        path = self.data_dir / "s3-credentials.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pair = {"access_key": "scribeline-" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(24)}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(pair, fh)
+        pair = json.loads(path.read_text())
+        return pair["access_key"], pair["secret_key"]
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.bucket_incoming, self.bucket_normalized, self.bucket_processed, self.bucket_quarantine)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes a transcript: part of each media's run key."""
+        model_id = self.model
+        path = Path(self.model).expanduser()
+        if path.exists():
+            st = path.stat()
+            model_id = f"{path.name}:{st.st_size}"
+        relevant = {
+            "pipeline": PIPELINE_VERSION,
+            "model": model_id,
+            "language": self.language,
+            "task": self.task,
+            "word_timestamps": self.word_timestamps,
+            "split_channels": self.split_channels,
+            "vad_threshold": self.vad_threshold,
+            "max_window_s": self.max_window_s,
+            "pii_entities": sorted(self.pii_entities),
+            "pii_score_threshold": self.pii_score_threshold,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def run_key(self, sha256: str) -> str:
+        """The flow-run key: same content + same configuration = same key = no new work."""
+        return f"{sha256[:32]}-{self.fingerprint()}"
+
+
+def _coerce(f: dataclasses.Field, raw):
+    if not isinstance(raw, str):
+        return tuple(raw) if f.type.startswith("tuple") else raw
+    t = f.type
+    if t == "bool":
+        return _as_bool(raw)
+    if t == "int":
+        return int(raw)
+    if t == "float":
+        return float(raw)
+    if t.startswith("tuple"):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    if t == "Path":
+        return Path(raw)
+    return raw

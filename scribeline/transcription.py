@@ -1,0 +1,331 @@
+"""Batched openai-whisper decoding of speech windows, one path for CPU and GPU.
+
+Each window (≤ 30 s, cut in pauses by segmentation) is an independent whisper
+input: windows of one file, and of several files, go through the encoder and
+``whisper.decode`` together as a batch. No text is carried from one window into
+the next, which is what keeps long recordings free of repetition loops. Per
+window, whisper's own safeguards apply: temperature fallback on compression
+ratio and log-probability, and no-speech detection. Word timestamps come from
+whisper's cross-attention alignment, run on the encoder output already computed
+for decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import get_tokenizer
+
+from scribeline.media import SAMPLE_RATE
+from scribeline.segmentation import Window
+
+log = logging.getLogger(__name__)
+
+SENTENCE_END = (".", "?", "!", "。", "？", "！")
+
+
+@dataclass
+class TranscribeOptions:
+    language: str | None = None  # None: detect from speech windows
+    task: str = "transcribe"  # or "translate" (to English)
+    batch_size: int = 0  # 0: choose from the device
+    word_timestamps: bool = True
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    best_of: int = 5  # samples per window when falling back to temperature > 0
+    language_windows: int = 3  # speech windows used to detect a file's language
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    """A sentence (or a whole window without word timestamps) with its quality signals."""
+
+    start: float
+    end: float
+    text: str
+    window_index: int
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+    words: list[Word] = field(default_factory=list)
+    channel: int | None = None
+
+
+@dataclass
+class Transcript:
+    language: str
+    language_probability: float
+    segments: list[Segment]
+    windows_decoded: int = 0
+    windows_silent: int = 0  # windows whisper judged to hold no speech
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments).strip()
+
+    @property
+    def no_speech(self) -> bool:
+        return not self.segments
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Transcript":
+        segs = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in d["segments"]]
+        return cls(d["language"], d["language_probability"], segs, d.get("windows_decoded", 0), d.get("windows_silent", 0))
+
+
+@dataclass
+class AudioJob:
+    """The windows of one audio track, and how to read their samples."""
+
+    read: Callable[[int, int], np.ndarray]  # (start, end) sample offsets -> float32 samples
+    windows: Sequence[Window]
+    channel: int | None = None
+
+
+# --------------------------------------------------------------------- model
+_models: dict[tuple[str, str], "whisper.Whisper"] = {}
+_models_lock = threading.Lock()
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(spec: str, device: str = "auto", download_root: str | None = None) -> "whisper.Whisper":
+    """Load a checkpoint (path) or a model name (whisper downloads it) once per process."""
+    device = resolve_device(device)
+    key = (spec, device)
+    with _models_lock:
+        if key in _models:
+            return _models[key]
+        if device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        path = Path(spec).expanduser()
+        if path.exists():
+            model = whisper.load_model(str(path), device=device)
+            heads = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True).get("alignment_heads")
+            name = path.stem
+            if heads is None and name in whisper._ALIGNMENT_HEADS:
+                heads = whisper._ALIGNMENT_HEADS[name]
+            if heads is not None:
+                model.set_alignment_heads(heads if isinstance(heads, bytes) else bytes(heads))
+        elif spec in whisper.available_models():
+            model = whisper.load_model(spec, device=device, download_root=download_root)
+        else:
+            raise ValueError(f"whisper model {spec!r} is neither a checkpoint file nor one of {whisper.available_models()}")
+        model.eval()
+        _models[key] = model
+        return model
+
+
+def default_batch_size(device: str) -> int:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        # ~350 MiB per window covers large-v3 in fp16 with a 224-token KV cache.
+        return int(max(4, min(64, free // (350 * 2**20))))
+    return 8
+
+
+class _EncodedModel:
+    """Lets whisper's alignment run the decoder on audio features we already encoded."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self._model.decoder(tokens, features)
+
+
+# ---------------------------------------------------------------- transcribe
+class Transcriber:
+    """Batch-decodes the windows of many audio jobs through one loaded model."""
+
+    def __init__(self, model, device: str, options: TranscribeOptions):
+        self.model = model
+        self.device = device
+        self.options = options
+        self.fp16 = device.startswith("cuda")
+        self.dtype = torch.float16 if self.fp16 else torch.float32
+        self.batch_size = options.batch_size or default_batch_size(device)
+
+    # Encoding -----------------------------------------------------------
+    def _mel(self, samples: np.ndarray) -> torch.Tensor:
+        audio = pad_or_trim(torch.from_numpy(np.array(samples, dtype=np.float32)), N_SAMPLES)
+        return log_mel_spectrogram(audio, self.model.dims.n_mels, device=self.device)
+
+    @torch.no_grad()
+    def _encode(self, samples: list[np.ndarray]) -> torch.Tensor:
+        mel = torch.stack([self._mel(s) for s in samples]).to(self.dtype)
+        return self.model.encoder(mel)
+
+    # Language -----------------------------------------------------------
+    @torch.no_grad()
+    def detect_language(self, job: AudioJob) -> tuple[str, float]:
+        """Language of a track from its speech-richest windows, not its first 30 s."""
+        if self.options.language:
+            return self.options.language, 1.0
+        if not self.model.is_multilingual:
+            return "en", 1.0
+        ranked = sorted(job.windows, key=lambda w: -sum(s.end - s.start for s in w.speech))
+        chosen = ranked[: self.options.language_windows]
+        if not chosen:
+            return "en", 0.0
+        features = self._encode([job.read(w.start, w.end) for w in chosen])
+        _, probs = self.model.detect_language(features)
+        weights = np.array([sum(s.end - s.start for s in w.speech) for w in chosen], dtype=np.float64)
+        weights /= weights.sum()
+        total: dict[str, float] = {}
+        for weight, p in zip(weights, probs):
+            for lang, v in p.items():
+                total[lang] = total.get(lang, 0.0) + weight * v
+        lang = max(total, key=total.get)
+        return lang, float(total[lang])
+
+    # Decoding -----------------------------------------------------------
+    def _decode(self, features: torch.Tensor, language: str, temperature: float):
+        opts = whisper.DecodingOptions(
+            task=self.options.task,
+            language=language,
+            temperature=temperature,
+            best_of=self.options.best_of if temperature > 0 else None,
+            without_timestamps=True,  # window edges + word alignment give the times
+            fp16=self.fp16,
+        )
+        return whisper.decode(self.model, features, opts)
+
+    def _needs_fallback(self, r) -> bool:
+        o = self.options
+        if r.no_speech_prob > o.no_speech_threshold and r.avg_logprob < o.logprob_threshold:
+            return False  # silence: no point in sampling harder
+        return r.compression_ratio > o.compression_ratio_threshold or r.avg_logprob < o.logprob_threshold
+
+    def _is_silent(self, r) -> bool:
+        o = self.options
+        return not r.text.strip() or (r.no_speech_prob > o.no_speech_threshold and r.avg_logprob < o.logprob_threshold)
+
+    @torch.no_grad()
+    def transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
+        languages = [self.detect_language(job) for job in jobs]
+        items = [(j, w) for j, job in enumerate(jobs) for w in job.windows]
+        # Group by language so that one batch shares one decoder prompt.
+        items.sort(key=lambda it: (languages[it[0]][0], it[0], it[1].start))
+        per_job: list[list[Segment]] = [[] for _ in jobs]
+        silent = [0] * len(jobs)
+        done = 0
+        for lo in range(0, len(items), self.batch_size):
+            batch = items[lo : lo + self.batch_size]
+            by_lang: dict[str, list[int]] = {}
+            for i, (j, _) in enumerate(batch):
+                by_lang.setdefault(languages[j][0], []).append(i)
+            features = self._encode([jobs[j].read(w.start, w.end) for j, w in batch])
+            for language, idx in by_lang.items():
+                sub = features[idx]
+                results = self._decode_with_fallback(sub, language)
+                for k, r in zip(idx, results):
+                    j, window = batch[k]
+                    if self._is_silent(r):
+                        silent[j] += 1
+                        continue
+                    per_job[j].extend(self._segments(window, r, sub[idx.index(k)], language, jobs[j].channel))
+            done += len(batch)
+            if progress:
+                progress(done, len(items))
+        out = []
+        for j, job in enumerate(jobs):
+            segs = sorted(per_job[j], key=lambda s: s.start)
+            out.append(Transcript(languages[j][0], round(languages[j][1], 4), segs, len(job.windows), silent[j]))
+        return out
+
+    def _decode_with_fallback(self, features: torch.Tensor, language: str) -> list:
+        temps = self.options.temperatures
+        results = list(self._decode(features, language, temps[0]))
+        pending = [i for i, r in enumerate(results) if self._needs_fallback(r)]
+        for t in temps[1:]:
+            if not pending:
+                break
+            retried = self._decode(features[pending], language, t)
+            for i, r in zip(pending, retried):
+                results[i] = r
+            pending = [i for i in pending if self._needs_fallback(results[i])]
+        return results
+
+    def _segments(self, window: Window, r, features: torch.Tensor, language: str, channel: int | None) -> list[Segment]:
+        offset = window.start / SAMPLE_RATE  # exact: an integer sample count
+        duration = window.num_samples / SAMPLE_RATE
+        base = dict(
+            window_index=window.index,
+            avg_logprob=round(float(r.avg_logprob), 4),
+            no_speech_prob=round(float(r.no_speech_prob), 4),
+            compression_ratio=round(float(r.compression_ratio), 4),
+            temperature=float(r.temperature),
+            channel=channel,
+        )
+        if not self.options.word_timestamps:
+            first = window.speech[0].start if window.speech else window.start
+            last = window.speech[-1].end if window.speech else window.end
+            return [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), **base)]
+        tokenizer = get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=self.options.task
+        )
+        seg = {"tokens": r.tokens, "seek": 0, "start": 0.0, "end": duration}
+        add_word_timestamps(
+            segments=[seg], model=_EncodedModel(self.model), tokenizer=tokenizer, mel=features,
+            num_frames=window.num_samples // 160, last_speech_timestamp=0.0,
+        )
+        words = [
+            Word(round(offset + min(float(w["start"]), duration), 3), round(offset + min(float(w["end"]), duration), 3), w["word"], round(float(w["probability"]), 4))
+            for w in seg.get("words", [])
+        ]
+        if not words:
+            return [Segment(offset, offset + duration, r.text.strip(), **base)]
+        return [
+            Segment(ws[0].start, ws[-1].end, "".join(w.word for w in ws).strip(), words=ws, **base)
+            for ws in _sentences(words)
+        ]
+
+
+def _sentences(words: list[Word]) -> list[list[Word]]:
+    """Split a window's words into sentences, so subtitles and rows stay readable."""
+    out, current = [], []
+    for w in words:
+        current.append(w)
+        if w.word.strip().endswith(SENTENCE_END) and len(current) >= 3:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
+
+def transcriber_for(model_spec: str, device: str, options: TranscribeOptions, download_root: str | None = None) -> Transcriber:
+    device = resolve_device(device)
+    return Transcriber(load_model(model_spec, device, download_root), device, options)

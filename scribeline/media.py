@@ -67,6 +67,7 @@ def probe(path: Path) -> MediaInfo:
     except ffmpeg.Error as exc:
         detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
         last = detail[-1] if detail else "unknown error"
+        last = last.replace(f"{path}: ", "")  # the local scratch path means nothing to operators
         raise MediaError(f"not a media file ffprobe can read ({last})") from None
     streams = info.get("streams", [])
     audio = [s for s in streams if s.get("codec_type") == "audio"]

@@ -36,6 +36,12 @@ class Service:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
+        _reap(pid)  # a child that exited stays a zombie until reaped
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return None
+        except (FileNotFoundError, IndexError):
+            return None
         return pid
 
 
@@ -97,7 +103,7 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
         "-master.telemetry=false", "-admin.ui=false",
         f"-s3.port={port}", f"-master.port={9333 + base}", f"-volume.port={8080 + base}",
         f"-filer.port={8888 + base}", f"-admin.port={23646 + base}", f"-webdav.port={7333 + base}",
-        f"-s3.port.iceberg={8181 + base}", f"-metricsPort={9101 + base}",
+        f"-s3.port.iceberg={8181 + base}", f"-s3.port.lance={9101 + base}",
     ]
     _spawn(cmd, env, svc.log_file, svc.pid_file, store)
     _wait(lambda: _port_open(port), timeout, svc)

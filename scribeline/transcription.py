@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TranscribeOptions:
     language: str | None = None  # None: detect from speech windows
     task: str = "transcribe"  # or "translate" (to English)

@@ -1,0 +1,138 @@
+"""The main flow: everything waiting in the incoming bucket becomes warehouse rows or a quarantine record.
+
+The flow only orchestrates. Stages run as waves over all waiting media: every
+media's ingest, then every media's normalize, and so on. In the transcribe wave
+all media are in flight together, so the worker's model decodes their windows
+in shared batches. A media that fails a stage leaves the waves and is
+quarantined with the stage, the error and the number of attempts; the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from scribeline import stages, storage
+from scribeline.config import Settings
+from scribeline.storage import ObjectRef
+from tasks.ingest import ingest, list_incoming
+from tasks.load import archive, load
+from tasks.normalize import normalize
+from tasks.quarantine import quarantine
+from tasks.redact import redact
+from tasks.segment import segment
+from tasks.transcribe import transcribe
+from tasks.validate import validate
+
+
+@dataclass
+class _Media:
+    ref: ObjectRef
+    started: float
+    results: dict = field(default_factory=dict)
+    failed: bool = False
+    outcome: dict | None = None
+
+    @property
+    def run_key(self) -> str | None:
+        return self.results.get("ingest", {}).get("run_key")
+
+
+def _attempts(future) -> int:
+    try:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            return client.read_task_run(future.task_run_id).run_count or 1
+    except Exception:  # noqa: BLE001 - the count is informative only
+        return 1
+
+
+def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
+    """Submit one stage for every live media, wait, and quarantine the failures."""
+    live = [m for m in items if not m.failed and m.outcome is None]
+    futures = [(m, submit(m)) for m in live]
+    for m, fut in futures:
+        fut.wait()
+        state = fut.state
+        if state.is_completed():
+            m.results[name] = fut.result()
+            continue
+        try:
+            fut.result(raise_on_failure=True)
+            error, stage = f"{name} ended in state {state.name}", name
+        except stages.StageError as exc:
+            error, stage = stages.describe(exc), exc.stage
+        except BaseException as exc:  # noqa: BLE001 - any failure quarantines this media only
+            error, stage = stages.describe(exc), name
+        m.failed = True
+        ingested = m.results.get("ingest", {})
+        record = quarantine(m.ref, stage, error, _attempts(fut), ingested.get("sha256"), m.run_key)
+        m.outcome = {
+            "key": m.ref.key, "state": "quarantined", "stage": stage, "reason": error,
+            "quarantine_record": f"s3://{settings.bucket_quarantine}/{record['record_key']}",
+            "seconds": round(time.monotonic() - m.started, 2),
+        }
+
+
+@flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=8),
+      flow_run_name="process-incoming-{max_objects}", validate_parameters=True)
+def process_incoming(max_objects: int = 0) -> list[dict]:
+    """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run)."""
+    log = get_run_logger()
+    settings = Settings.from_env()
+    storage.ensure_buckets(settings)
+    refs = list_incoming()
+    if max_objects > 0:
+        refs = refs[:max_objects]
+    started = time.monotonic()
+    items = [_Media(ref, started) for ref in refs]
+
+    _wave("ingest", items, lambda m: ingest.submit(m.ref), settings)
+    for m in items:  # a media already in the warehouse needs no work: archive it
+        if not m.failed and stages.already_loaded(settings, m.run_key):
+            archive(m.run_key, m.results["ingest"])
+            m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
+    _wave("normalize", items, lambda m: normalize.submit(m.run_key, m.results["ingest"]), settings)
+    _wave("segment", items, lambda m: segment.submit(m.run_key, m.results["normalize"]), settings)
+    _wave("transcribe", items, lambda m: transcribe.submit(m.run_key, m.results["segment"]), settings)
+    _wave("validate", items, lambda m: validate.submit(m.run_key, m.results["transcribe"], m.results["segment"]["duration_s"]), settings)
+    _wave("redact", items, lambda m: redact.submit(m.run_key, m.results["transcribe"]), settings)
+    for m in items:
+        if m.failed or m.outcome is not None:
+            continue
+        m.results["processing_s"] = time.monotonic() - m.started
+    _wave("load", items, lambda m: load.submit(m.run_key, m.results["ingest"], m.results["segment"],
+                                                  m.results["redact"], m.results["validate"], m.results["processing_s"]), settings)
+    _wave("archive", items, lambda m: archive.submit(m.run_key, m.results["ingest"]), settings)
+    for m in items:
+        if m.outcome is None:
+            m.outcome = _processed(m, settings, note="" if m.results.get("load") else "already in the warehouse; nothing added")
+    outcomes = [m.outcome for m in items]
+    done = sum(o["state"] == "processed" for o in outcomes)
+    log.info("%d processed, %d quarantined", done, len(outcomes) - done)
+    return outcomes
+
+
+def _processed(m: _Media, settings: Settings, note: str = "") -> dict:
+    out = {"key": m.ref.key, "state": "processed", "media_id": m.run_key, "note": note,
+           "seconds": round(time.monotonic() - m.started, 2)}
+    if "redact" in m.results:
+        t = m.results["redact"]["transcript"]
+        out.update(duration_s=round(m.results["segment"]["duration_s"], 2), language=t["language"],
+                   words=sum(len(s["words"]) or len(s["text"].split()) for s in t["segments"]),
+                   pii=len(m.results["redact"]["entities"]))
+    else:
+        out.update(_summary_from_warehouse(settings, m.run_key))
+    return out
+
+
+def _summary_from_warehouse(settings: Settings, media_id: str) -> dict:
+    from scribeline import warehouse
+
+    df = warehouse.query(settings.warehouse, "SELECT duration_s, language, word_count AS words, pii_count AS pii "
+                                             "FROM media WHERE media_id = ?", [media_id])
+    return {} if df.empty else {k: (v.item() if hasattr(v, "item") else v) for k, v in df.iloc[0].to_dict().items()}

@@ -1,0 +1,231 @@
+"""The ``scribeline`` command: up, down, submit, run, demo, query, export, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from scribeline.config import Settings
+
+
+def _prepare_env(settings: Settings) -> None:
+    """Point Prefect at the embedded server when it runs, else its ephemeral API. Before importing prefect."""
+    from scribeline import services
+
+    for k, v in services.prefect_env(settings).items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import logging
+
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one line per unused-language recognizer
+    if "PREFECT_API_URL" not in os.environ and services.prefect_healthy(settings):
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{settings.prefect_port}/api"
+
+
+def _console():
+    from rich.console import Console
+
+    # Logs and CI are not terminals: give tables room instead of rich's 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def cmd_up(settings: Settings, args) -> int:
+    from scribeline import services
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    con = _console()
+    if settings.embedded:
+        services.start_s3(settings)
+        access, _ = settings.credentials()
+        con.print(f"S3 (SeaweedFS)  http://{settings.endpoint}   access key {access} "
+                  f"(secret in {settings.data_dir / 's3-credentials.json'})")
+    else:
+        from scribeline import storage
+
+        storage.ensure_buckets(settings)
+        con.print(f"S3 (external)   {settings.endpoint}")
+    if not args.no_prefect:
+        services.start_prefect(settings)
+        con.print(f"Prefect UI/API  http://127.0.0.1:{settings.prefect_port}  (API: /api)")
+    con.print(f"Warehouse       {settings.warehouse}")
+    con.print(f"Buckets         {', '.join(settings.buckets)}")
+    return 0
+
+
+def cmd_down(settings: Settings, args) -> int:
+    from scribeline import services
+
+    for svc in (services.prefect_service(settings), services.s3_service(settings)):
+        print(f"{svc.name}: {'stopped' if services.stop(svc) else 'was not running'}")
+    return 0
+
+
+def _with_s3(settings: Settings):
+    """Use the configured S3, or the embedded server (started here if it is down). Returns a stop callback."""
+    from scribeline import services, storage
+
+    if settings.embedded and not services.s3_running(settings):
+        svc = services.start_s3(settings)
+        return lambda: services.stop(svc)
+    storage.ensure_buckets(settings)
+    return lambda: None
+
+
+def _upload(settings: Settings, paths: list[str]) -> list:
+    from scribeline import storage
+
+    refs = []
+    for path in storage.expand_paths([Path(p) for p in paths]):
+        refs.append(storage.upload_file(settings, path))
+        print(f"uploaded {path} -> {refs[-1].uri}")
+    return refs
+
+
+def cmd_submit(settings: Settings, args) -> int:
+    stop = _with_s3(settings)
+    try:
+        _upload(settings, args.paths)
+    finally:
+        stop()
+    return 0
+
+
+def cmd_run(settings: Settings, args) -> int:
+    stop = _with_s3(settings)
+    try:
+        if args.paths:
+            _upload(settings, args.paths)
+        from flows.process_incoming import process_incoming
+
+        outcomes = process_incoming(max_objects=args.max_objects)
+    finally:
+        stop()
+    _print_outcomes(outcomes)
+    return 0
+
+
+def cmd_demo(settings: Settings, args) -> int:
+    from scribeline import samples
+
+    paths = args.paths or [str(p) for p in samples.synthesize(settings.data_dir / "samples")]
+    args.paths, args.max_objects = paths, 0
+    cmd_run(settings, args)
+    print("\n$ scribeline query \"select source_object, language, round(duration_s, 1) as duration_s, text from transcripts\"")
+    return cmd_query(settings, argparse.Namespace(
+        sql="select source_object, language, round(duration_s, 1) as duration_s, text from transcripts order by source_object",
+        csv=False, json=False))
+
+
+def _print_outcomes(outcomes: list[dict]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="scribeline run")
+    for col in ("object", "state", "duration s", "language", "words", "PII", "seconds", "reason / note"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        reason = f"{o.get('stage')}: {o.get('reason')}" if o["state"] == "quarantined" else o.get("note", "")
+        table.add_row(escape(o["key"]), o["state"], _fmt(o.get("duration_s")), o.get("language") or "", _fmt(o.get("words")),
+                      _fmt(o.get("pii")), _fmt(o.get("seconds")), escape(reason))
+    if not outcomes:
+        print("nothing waiting in the incoming bucket")
+        return
+    _console().print(table)
+
+
+def _fmt(v) -> str:
+    return "" if v is None else str(v)
+
+
+def cmd_query(settings: Settings, args) -> int:
+    from scribeline import warehouse
+
+    df = warehouse.query(settings.warehouse, args.sql)
+    if args.csv:
+        df.to_csv(sys.stdout, index=False)
+    elif args.json:
+        print(df.to_json(orient="records", date_format="iso", force_ascii=False))
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for c in df.columns:
+            table.add_column(str(c), overflow="fold")
+        for row in df.itertuples(index=False):
+            table.add_row(*("" if v is None else escape(str(v)) for v in row))
+        _console().print(table)
+        print(f"({len(df)} row{'s' if len(df) != 1 else ''})")
+    return 0
+
+
+def cmd_export(settings: Settings, args) -> int:
+    from scribeline import export
+
+    text = export.get_writer(args.format).render(export.fetch(settings.warehouse, args.media_id))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_status(settings: Settings, args) -> int:
+    from scribeline import services
+
+    print(json.dumps({
+        "data_dir": str(settings.data_dir), "s3_endpoint": settings.endpoint, "embedded_s3_running": services.s3_running(settings),
+        "prefect_api": os.environ.get("PREFECT_API_URL") or ("embedded" if services.prefect_healthy(settings) else "ephemeral"),
+        "warehouse": str(settings.warehouse), "model": settings.model, "device": settings.device,
+    }, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scribeline", description="Media in S3 -> validated, redacted transcripts in DuckDB.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the embedded S3 server and the Prefect server/UI in the background")
+    up.add_argument("--no-prefect", action="store_true", help="start only the S3 server")
+    sub.add_parser("down", help="stop the embedded services")
+    s = sub.add_parser("submit", help="upload files (or a folder's media files) to the incoming bucket")
+    s.add_argument("paths", nargs="+")
+    r = sub.add_parser("run", help="upload PATHs if given, then process everything in the incoming bucket")
+    r.add_argument("paths", nargs="*")
+    r.add_argument("--max-objects", type=int, default=0, help="process at most this many objects (0: all)")
+    d = sub.add_parser("demo", help="synthesize sample speech (unless PATHs are given), run, and query")
+    d.add_argument("paths", nargs="*")
+    q = sub.add_parser("query", help="read-only SQL against the warehouse")
+    q.add_argument("sql")
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+    e = sub.add_parser("export", help="write a media's redacted transcript")
+    e.add_argument("media_id", help="media id (or a unique prefix of it)")
+    e.add_argument("--format", "-f", default="txt", choices=["srt", "vtt", "json", "txt"])
+    e.add_argument("--output", "-o", help="file to write (default: standard output)")
+    sub.add_parser("status", help="show where things are")
+    return p
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
+            "query": cmd_query, "export": cmd_export, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    _prepare_env(settings)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        print(f"scribeline: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

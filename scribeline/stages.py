@@ -1,0 +1,258 @@
+"""The pipeline's stages as plain functions: no Prefect here, so each is testable alone.
+
+Stages exchange small JSON-able dicts. Bulky data lives in the object store
+(source media in the incoming bucket, 16 kHz audio in the normalized bucket) and
+in a per-media work folder that any stage can rebuild from the store, so a
+retried or resumed stage never depends on a previous process's local files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from scribeline import media, redaction, segmentation, storage, validation, warehouse
+from scribeline.batching import queue_for
+from scribeline.config import PIPELINE_VERSION, Settings
+from scribeline.storage import ObjectRef
+from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, transcriber_for
+
+
+class StageError(Exception):
+    """A media-specific failure: its message is the quarantine reason."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+def work_dir(settings: Settings, run_key: str) -> Path:
+    d = settings.data_dir / "work" / run_key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ------------------------------------------------------------------- ingest
+def ingest(settings: Settings, ref: ObjectRef) -> dict:
+    """Read the object, hash it, derive the run key."""
+    scratch = settings.data_dir / "work" / "incoming"
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = scratch / f"{abs(hash((ref.bucket, ref.key, time.time_ns())))}.part"
+    sha, size, etag = storage.download(settings, ref, tmp)
+    run_key = settings.run_key(sha)
+    source = work_dir(settings, run_key) / "source"
+    tmp.replace(source)
+    return {"bucket": ref.bucket, "key": ref.key, "etag": etag, "size": size, "sha256": sha,
+            "run_key": run_key, "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+
+def _source_path(settings: Settings, ingested: dict) -> Path:
+    path = work_dir(settings, ingested["run_key"]) / "source"
+    if not path.exists():  # another worker ingested it: fetch again
+        storage.download(settings, ObjectRef(ingested["bucket"], ingested["key"]), path)
+    return path
+
+
+# ---------------------------------------------------------------- normalize
+def normalize(settings: Settings, ingested: dict) -> dict:
+    """ffprobe facts + 16 kHz mono float32 track(s), stored in the normalized bucket."""
+    src = _source_path(settings, ingested)
+    try:
+        info = media.probe(src)
+    except media.MediaError as exc:
+        raise StageError("normalize", str(exc)) from None
+    channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]
+    tracks = []
+    for channel in channels:
+        name = "audio.f32" if channel is None else f"audio.ch{channel}.f32"
+        local = work_dir(settings, ingested["run_key"]) / name
+        try:
+            norm = media.normalize(src, local, info, channel=channel)
+        except media.MediaError as exc:
+            raise StageError("normalize", str(exc)) from None
+        key = f"{ingested['run_key']}/{name}"
+        storage.put_file(settings, settings.bucket_normalized, key, local, "application/octet-stream")
+        tracks.append({"channel": channel, "object_key": key, "num_samples": norm.num_samples,
+                       "gain_db": norm.gain_db, "peak_dbfs": norm.peak_dbfs, "speech_level_dbfs": norm.speech_level_dbfs})
+    duration = tracks[0]["num_samples"] / media.SAMPLE_RATE
+    return {"info": info.as_dict(), "duration_s": duration, "tracks": tracks}
+
+
+def _track_audio(settings: Settings, run_key: str, track: dict):
+    local = work_dir(settings, run_key) / Path(track["object_key"]).name
+    if not local.exists():
+        storage.get_file(settings, ObjectRef(settings.bucket_normalized, track["object_key"]), local)
+    return media.open_audio(local)
+
+
+# ------------------------------------------------------------------ segment
+def segment(settings: Settings, run_key: str, normalized: dict) -> dict:
+    """Speech windows (≤ max_window_s, cut in pauses) for every track."""
+    opts = segmentation.SegmentationOptions(threshold=settings.vad_threshold, max_window_s=settings.max_window_s)
+    tracks = []
+    for track in normalized["tracks"]:
+        audio = _track_audio(settings, run_key, track)
+        windows = segmentation.segment(audio, track["gain_db"], opts)
+        tracks.append({**track, "windows": [w.as_dict() for w in windows]})
+    speech_s = sum(s["end"] - s["start"] for t in tracks for w in t["windows"] for s in w["speech"]) / media.SAMPLE_RATE
+    return {**normalized, "tracks": tracks, "speech_s": round(speech_s, 3)}
+
+
+# --------------------------------------------------------------- transcribe
+@functools.lru_cache(maxsize=4)
+def _transcriber(model: str, device: str, options: TranscribeOptions, download_root: str):
+    return transcriber_for(model, device, options, download_root)
+
+
+def transcribe_options(settings: Settings) -> TranscribeOptions:
+    return TranscribeOptions(language=settings.language or None, task=settings.task,
+                             batch_size=settings.batch_size, word_timestamps=settings.word_timestamps)
+
+
+def transcriber(settings: Settings):
+    """The process's model, loaded once and reused across media."""
+    return _transcriber(settings.model, settings.device, transcribe_options(settings), str(settings.data_dir / "models"))
+
+
+def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:
+    """Whisper over the speech windows; batched with other media in this worker."""
+    jobs = []
+    for track in segmented["tracks"]:
+        audio = _track_audio(settings, run_key, track)
+        gain = track["gain_db"]
+        jobs.append(AudioJob(
+            read=lambda s, e, a=audio, g=gain: media.read_samples(a, s, e, g),
+            windows=[segmentation.Window.from_dict(w) for w in track["windows"]],
+            channel=track["channel"],
+        ))
+    results = queue_for(transcriber(settings)).transcribe(jobs)
+    merged = results[0]
+    if len(results) > 1:  # channels transcribed apart, merged in time order
+        segments = sorted((s for r in results for s in r.segments), key=lambda s: (s.start, s.channel))
+        best = max(results, key=lambda r: r.language_probability)
+        merged = Transcript(best.language, best.language_probability, segments,
+                            sum(r.windows_decoded for r in results), sum(r.windows_silent for r in results))
+    return merged.as_dict()
+
+
+# ----------------------------------------------------------------- validate
+def validate(settings: Settings, transcript: dict, duration_s: float) -> dict:
+    report = validation.validate(Transcript.from_dict(transcript), duration_s)
+    checks = [c.__dict__ for c in report.checks]
+    if not report.passed:
+        failed = "; ".join(f"{c.table}.{c.column}: {c.expectation} ({c.unexpected_count} of {c.element_count})"
+                           for c in report.failures())
+        raise StageError("validate", f"critical quality checks failed: {failed}")
+    return {"checks": checks, "quality_ok": report.quality_ok}
+
+
+# ------------------------------------------------------------------- redact
+def redact(settings: Settings, transcript: dict) -> dict:
+    result = redaction.redact(Transcript.from_dict(transcript), settings.pii_entities, settings.pii_score_threshold)
+    return {"transcript": result.transcript.as_dict(), "entities": [e.__dict__ for e in result.entities]}
+
+
+# --------------------------------------------------------------------- load
+def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict,
+                   processing_s: float) -> tuple[dict, dict[str, pd.DataFrame]]:
+    t = Transcript.from_dict(redacted["transcript"])
+    media_id = ingested["run_key"]
+    info = segmented["info"]
+    segments = pd.DataFrame([
+        dict(media_id=media_id, segment_index=i, start_s=s.start, end_s=s.end, text=s.text, channel=s.channel,
+             avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob, compression_ratio=s.compression_ratio,
+             temperature=s.temperature)
+        for i, s in enumerate(t.segments)
+    ])
+    words = pd.DataFrame([
+        dict(media_id=media_id, segment_index=i, word_index=k, start_s=w.start, end_s=w.end, word=w.word.strip(),
+             probability=w.probability, redacted=w.word.strip().startswith("<") and w.word.strip().endswith(">"))
+        for i, s in enumerate(t.segments) for k, w in enumerate(s.words)
+    ])
+    pii = pd.DataFrame([dict(media_id=media_id, entity_index=k, **e) for k, e in enumerate(redacted["entities"])])
+    quality = pd.DataFrame([
+        dict(media_id=media_id, check_index=k, table_name=c["table"], expectation=c["expectation"], column_name=c["column"],
+             severity=c["severity"], success=c["success"], element_count=c["element_count"],
+             unexpected_count=c["unexpected_count"], details=c["details"])
+        for k, c in enumerate(checks["checks"])
+    ])
+    row = dict(
+        media_id=media_id, source_bucket=ingested["bucket"], source_key=ingested["key"], source_etag=ingested["etag"],
+        size_bytes=ingested["size"], sha256=ingested["sha256"], container=info["container"], codec=info["codec"],
+        sample_rate=info["sample_rate"], channels=info["channels"], bit_rate=info["bit_rate"],
+        duration_s=round(segmented["duration_s"], 3), language=t.language, language_probability=t.language_probability,
+        model=Path(settings.model).name, task=settings.task, segment_count=len(t.segments), word_count=len(words),
+        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"],
+        gain_db=segmented["tracks"][0]["gain_db"], processing_s=round(processing_s, 3),
+        processed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), pipeline_version=PIPELINE_VERSION,
+    )
+    return row, {"segments": segments, "words": words, "pii_entities": pii, "quality_checks": quality}
+
+
+def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float) -> bool:
+    """Write the media's rows in one transaction; False when they were already there."""
+    row, tables = warehouse_rows(settings, ingested, segmented, redacted, checks, processing_s)
+    return warehouse.load(settings.warehouse, row, tables)
+
+
+def already_loaded(settings: Settings, run_key: str) -> bool:
+    if not settings.warehouse.exists():
+        return False
+    con = warehouse.connect(settings.warehouse, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        return "media" in tables and warehouse.has_media(con, run_key)
+    finally:
+        con.close()
+
+
+# ------------------------------------------------------------------ outcome
+def archive(settings: Settings, ingested: dict) -> ObjectRef:
+    """After the load committed: move the source from incoming to the processed bucket."""
+    ref = ObjectRef(ingested["bucket"], ingested["key"], ingested["etag"], ingested["size"])
+    dest = f"{ingested['sha256'][:16]}/{ingested['key']}"
+    out = storage.move(settings, ref, settings.bucket_processed, dest)
+    cleanup(settings, ingested["run_key"])
+    return out
+
+
+def quarantine(settings: Settings, ref: ObjectRef, stage: str, error: str, attempts: int,
+               sha256: str | None = None, run_key: str | None = None) -> dict:
+    """Record why, then move the media into the quarantine bucket. Returns the record."""
+    now = dt.datetime.now(dt.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S")
+    tag = (sha256 or "unhashed")[:16]
+    record = {
+        "source": ref.uri, "source_bucket": ref.bucket, "source_key": ref.key, "sha256": sha256, "run_key": run_key,
+        "stage": stage, "error": error, "attempts": attempts, "quarantined_at": now.isoformat(),
+        "media_object": f"s3://{settings.bucket_quarantine}/media/{tag}/{ref.key}",
+    }
+    record_key = f"records/{stamp}-{tag}/{ref.key}.json"
+    # The record is written first: if the move then fails, the reason is still on file
+    # and the media is still in incoming, so nothing is lost.
+    storage.put_json(settings, settings.bucket_quarantine, record_key, record)
+    warehouse.record_quarantine(settings.warehouse, {**record, "quarantine_key": record_key})
+    if storage.exists(settings, ref.bucket, ref.key):
+        storage.move(settings, ref, settings.bucket_quarantine, f"media/{tag}/{ref.key}")
+    if run_key:
+        cleanup(settings, run_key)
+    return {**record, "record_key": record_key}
+
+
+def cleanup(settings: Settings, run_key: str) -> None:
+    shutil.rmtree(settings.data_dir / "work" / run_key, ignore_errors=True)
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, StageError) else f"{type(exc).__name__}: {text}"
+
+
+def json_safe(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))

@@ -1,0 +1,200 @@
+"""The DuckDB warehouse analysts query: schema, idempotent load, read-only queries.
+
+Only redacted text ever reaches these tables. A media's rows are written in one
+transaction keyed by ``media_id`` (the flow-run key), so loading the same media
+twice adds nothing. DuckDB allows one writing process per file: writers open
+the file only for the length of a load.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS media (
+    media_id            VARCHAR PRIMARY KEY,  -- flow-run key: content sha256 + pipeline configuration
+    source_bucket       VARCHAR NOT NULL,
+    source_key          VARCHAR NOT NULL,
+    source_etag         VARCHAR,
+    size_bytes          BIGINT,
+    sha256              VARCHAR NOT NULL,
+    container           VARCHAR,
+    codec               VARCHAR,
+    sample_rate         INTEGER,
+    channels            INTEGER,
+    bit_rate            BIGINT,
+    duration_s          DOUBLE,
+    language            VARCHAR,
+    language_probability DOUBLE,
+    model               VARCHAR,
+    task                VARCHAR,
+    segment_count       INTEGER,
+    word_count          INTEGER,
+    pii_count           INTEGER,
+    no_speech           BOOLEAN,   -- no speech found anywhere in the file
+    quality_ok          BOOLEAN,   -- every quality check passed (warnings included)
+    gain_db             DOUBLE,    -- gain applied before VAD
+    processing_s        DOUBLE,
+    processed_at        TIMESTAMP,
+    pipeline_version    VARCHAR
+);
+CREATE TABLE IF NOT EXISTS segments (
+    media_id          VARCHAR NOT NULL,
+    segment_index     INTEGER NOT NULL,
+    start_s           DOUBLE NOT NULL,
+    end_s             DOUBLE NOT NULL,
+    text              VARCHAR NOT NULL,  -- redacted
+    channel           INTEGER,           -- set when channels are transcribed separately
+    avg_logprob       DOUBLE,
+    no_speech_prob    DOUBLE,
+    compression_ratio DOUBLE,
+    temperature       DOUBLE,
+    PRIMARY KEY (media_id, segment_index)
+);
+CREATE TABLE IF NOT EXISTS words (
+    media_id      VARCHAR NOT NULL,
+    segment_index INTEGER NOT NULL,
+    word_index    INTEGER NOT NULL,
+    start_s       DOUBLE NOT NULL,
+    end_s         DOUBLE NOT NULL,
+    word          VARCHAR NOT NULL,  -- redacted words read <PERSON>, <PHONE_NUMBER>, ...
+    probability   DOUBLE,
+    redacted      BOOLEAN,
+    PRIMARY KEY (media_id, segment_index, word_index)
+);
+CREATE TABLE IF NOT EXISTS pii_entities (
+    media_id      VARCHAR NOT NULL,
+    entity_index  INTEGER NOT NULL,
+    entity_type   VARCHAR NOT NULL,
+    start_s       DOUBLE,
+    end_s         DOUBLE,
+    score         DOUBLE,
+    segment_index INTEGER,
+    recognizer    VARCHAR,
+    PRIMARY KEY (media_id, entity_index)
+);
+CREATE TABLE IF NOT EXISTS quality_checks (
+    media_id         VARCHAR NOT NULL,
+    check_index      INTEGER NOT NULL,
+    table_name       VARCHAR,
+    expectation      VARCHAR,
+    column_name      VARCHAR,
+    severity         VARCHAR,
+    success          BOOLEAN,
+    element_count    INTEGER,
+    unexpected_count INTEGER,
+    details          VARCHAR,
+    PRIMARY KEY (media_id, check_index)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    quarantine_key VARCHAR PRIMARY KEY,  -- object key of the JSON record in the quarantine bucket
+    source_bucket  VARCHAR,
+    source_key     VARCHAR,
+    sha256         VARCHAR,
+    stage          VARCHAR,
+    error          VARCHAR,
+    attempts       INTEGER,
+    quarantined_at TIMESTAMP
+);
+CREATE OR REPLACE VIEW transcripts AS
+SELECT m.media_id,
+       's3://' || m.source_bucket || '/' || m.source_key AS source_object,
+       m.language,
+       m.duration_s,
+       coalesce(string_agg(s.text, ' ' ORDER BY s.start_s, s.segment_index), '') AS text
+FROM media m LEFT JOIN segments s USING (media_id)
+GROUP BY ALL;
+"""
+
+
+def connect(path: Path, read_only: bool = False, retries: int = 60) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse; waits while another process holds the file's lock."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.exists():
+        raise FileNotFoundError(f"no warehouse at {path}: run the pipeline first")
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    for attempt in range(retries):
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt == retries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def writer(path: Path):
+    con = connect(path)
+    try:
+        con.execute(SCHEMA)
+        yield con
+    finally:
+        con.close()
+
+
+def has_media(con: duckdb.DuckDBPyConnection, media_id: str) -> bool:
+    return con.execute("SELECT count(*) FROM media WHERE media_id = ?", [media_id]).fetchone()[0] > 0
+
+
+def load(path: Path, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
+    """Insert one media and its child rows atomically. False when it was already there."""
+    with writer(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if has_media(con, media_row["media_id"]):
+                con.execute("ROLLBACK")
+                return False
+            _insert(con, "media", pd.DataFrame([media_row]))
+            for name, frame in tables.items():
+                if len(frame):
+                    _insert(con, name, frame)
+            con.execute("COMMIT")
+            return True
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+
+
+def record_quarantine(path: Path, row: dict) -> None:
+    with writer(path) as con:
+        con.execute(
+            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [row["quarantine_key"], row["source_bucket"], row["source_key"], row.get("sha256"), row["stage"],
+             row["error"], row["attempts"], row.get("quarantined_at") or dt.datetime.now(dt.timezone.utc)],
+        )
+
+
+def _insert(con, table: str, frame: pd.DataFrame) -> None:
+    columns = ", ".join(frame.columns)
+    con.register("_incoming", frame)
+    try:
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _incoming")
+    finally:
+        con.unregister("_incoming")
+
+
+def query(path: Path, sql: str, params: list | None = None) -> pd.DataFrame:
+    """Run analyst SQL on a read-only connection (no writes possible)."""
+    con = connect(path, read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchdf()
+    finally:
+        con.close()
+
+
+def row_counts(path: Path) -> dict[str, int]:
+    con = connect(path, read_only=True)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("media", "segments", "words", "pii_entities", "quality_checks", "quarantine")}
+    finally:
+        con.close()

@@ -1,0 +1,1 @@
+"""Prefect tasks: one module per pipeline stage, each a thin wrapper over scribeline.stages."""

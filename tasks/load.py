@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from scribeline import stages
+from tasks.common import retry_unless_bad_media, settings
+
+
+@task(name="load", task_run_name="load {run_key}", retries=3, retry_delay_seconds=3, retry_condition_fn=retry_unless_bad_media)
+def load(run_key: str, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float) -> bool:
+    """Writes the media's rows to the DuckDB warehouse in one transaction (warehouse file lock)."""
+    added = stages.load(settings(), ingested, segmented, redacted, checks, processing_s)
+    get_run_logger().info("%s: %s", run_key, "loaded" if added else "already in the warehouse; nothing added")
+    return added
+
+
+@task(name="archive", task_run_name="archive {run_key}", retries=3, retry_delay_seconds=3)
+def archive(run_key: str, ingested: dict) -> str:
+    """Moves the source object from the incoming to the processed bucket (object store)."""
+    return stages.archive(settings(), ingested).uri

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from scribeline import stages
+from scribeline.storage import ObjectRef
+from tasks.common import settings
+
+
+@task(name="quarantine", task_run_name="quarantine {ref.key}", retries=3, retry_delay_seconds=3)
+def quarantine(ref: ObjectRef, stage: str, error: str, attempts: int, sha256: str | None = None,
+               run_key: str | None = None) -> dict:
+    """Writes a JSON record of the failure and moves the media to the quarantine bucket (object store, warehouse)."""
+    record = stages.quarantine(settings(), ref, stage, error, attempts, sha256, run_key)
+    get_run_logger().warning("quarantined %s at %s: %s", ref.key, stage, error)
+    return record

@@ -76,5 +76,8 @@ _queues_lock = threading.Lock()
 
 
 def queue_for(transcriber: Transcriber) -> BatchingQueue:
+    """One queue per transcriber object; callers share it through stages.transcriber's cache."""
     with _queues_lock:
-        return _queues.setdefault(id(transcriber), BatchingQueue(transcriber))
+        if id(transcriber) not in _queues:
+            _queues[id(transcriber)] = BatchingQueue(transcriber)
+        return _queues[id(transcriber)]

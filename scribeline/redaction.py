@@ -39,13 +39,20 @@ def analyzer():
     """One Presidio analyzer per process (loading spaCy takes seconds)."""
     # The e-mail recognizer's tldextract would fetch the public suffix list otherwise.
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     provider = NlpEngineProvider(
         nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
     )
-    return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+    engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+    # Speech recognition writes spoken numbers as bare digit runs ("215550199") that fail
+    # phone-number validation; in a conversation such a run is a phone or account number.
+    engine.registry.add_recognizer(PatternRecognizer(
+        supported_entity="PHONE_NUMBER", name="SpokenDigitsRecognizer", supported_language="en",
+        patterns=[Pattern("digit run", r"(?<![\w.])\+?\d(?:[\s.-]?\d){6,15}(?![\w])", 0.5)],
+    ))
+    return engine
 
 
 @dataclass

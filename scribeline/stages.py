@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -115,9 +116,13 @@ def transcribe_options(settings: Settings) -> TranscribeOptions:
                              batch_size=settings.batch_size, word_timestamps=settings.word_timestamps)
 
 
+_transcriber_lock = threading.Lock()
+
+
 def transcriber(settings: Settings):
-    """The process's model, loaded once and reused across media."""
-    return _transcriber(settings.model, settings.device, transcribe_options(settings), str(settings.data_dir / "models"))
+    """The process's model, loaded once and reused across media (one instance even under threads)."""
+    with _transcriber_lock:
+        return _transcriber(settings.model, settings.device, transcribe_options(settings), str(settings.data_dir / "models"))
 
 
 def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:

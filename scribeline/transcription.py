@@ -109,6 +109,14 @@ class AudioJob:
 # --------------------------------------------------------------------- model
 _models: dict[tuple[str, str], "whisper.Whisper"] = {}
 _models_lock = threading.Lock()
+# whisper.decode installs KV-cache hooks on the model itself: two decodes at once on
+# one model corrupt each other's caches. One lock per loaded model serializes them.
+_decode_locks: dict[int, threading.Lock] = {}
+
+
+def decode_lock(model) -> threading.Lock:
+    with _models_lock:
+        return _decode_locks.setdefault(id(model), threading.Lock())
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -232,8 +240,12 @@ class Transcriber:
         o = self.options
         return not r.text.strip() or (r.no_speech_prob > o.no_speech_threshold and r.avg_logprob < o.logprob_threshold)
 
-    @torch.no_grad()
     def transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
+        with decode_lock(self.model):
+            return self._transcribe(jobs, progress)
+
+    @torch.no_grad()
+    def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
         languages = [self.detect_language(job) for job in jobs]
         items = [(j, w) for j, job in enumerate(jobs) for w in job.windows]
         # Group by language so that one batch shares one decoder prompt.

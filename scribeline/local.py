@@ -1,0 +1,44 @@
+"""The transcription path on local files, without S3 or Prefect: for tests and benchmarks.
+
+It calls the same functions the pipeline's stages call (probe, normalize,
+segment, the batched transcriber), so what it measures is what the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from scribeline import media, segmentation, stages
+from scribeline.config import Settings
+from scribeline.transcription import AudioJob, Transcript
+
+
+@dataclass
+class LocalResult:
+    path: Path
+    info: media.MediaInfo
+    audio: media.NormalizedAudio
+    windows: list[segmentation.Window]
+    transcript: Transcript
+
+
+def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None = None) -> list[LocalResult]:
+    """Normalize and segment each file, then decode all their windows in shared batches."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="scribeline-local-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    opts = segmentation.SegmentationOptions(threshold=settings.vad_threshold, max_window_s=settings.max_window_s)
+    prepared = []
+    for i, path in enumerate(paths):
+        info = media.probe(Path(path))
+        norm = media.normalize(Path(path), workdir / f"{i}.f32", info)
+        samples = media.open_audio(norm.path)
+        windows = segmentation.segment(samples, norm.gain_db, opts)
+        prepared.append((Path(path), info, norm, samples, windows))
+    jobs = [
+        AudioJob(read=lambda s, e, a=samples, g=norm.gain_db: media.read_samples(a, s, e, g), windows=windows)
+        for _, _, norm, samples, windows in prepared
+    ]
+    transcripts = stages.transcriber(settings).transcribe(jobs)
+    return [LocalResult(p, info, norm, windows, t) for (p, info, norm, _, windows), t in zip(prepared, transcripts)]

@@ -1,0 +1,130 @@
+"""Shared fixtures: real components only (S3 server process, Prefect API, ffmpeg, whisper weights).
+
+The environment is fixed here, before anything imports Prefect, so every test
+runs against a data directory of its own and never phones home.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MEDIA = SHARED / "media"
+MODELS = SHARED / "models"
+
+_DATA = Path(tempfile.mkdtemp(prefix="scribeline-tests-"))
+
+
+def _ports_free(base: int) -> bool:
+    offsets = [8333, 9333, 8080, 8888, 23646, 7333, 8181, 9101]
+    ports = [o + base for o in offsets] + [o + base + 10000 for o in offsets]
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+def free_s3_port() -> int:
+    """An S3 port whose derived SeaweedFS ports are all free (see services.start_s3)."""
+    for _ in range(50):
+        base = random.randrange(1000, 20000, 7)
+        if _ports_free(base):
+            return 8333 + base
+    raise RuntimeError("no free port range for the test S3 server")
+
+
+TEST_ENV = {
+    "SCRIBELINE_DATA_DIR": str(_DATA / "data"),
+    "SCRIBELINE_EMBEDDED_S3_PORT": str(free_s3_port()),
+    "SCRIBELINE_DEVICE": "cpu",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_HOME": str(_DATA / "prefect"),
+    "PREFECT_LOCAL_STORAGE_PATH": str(_DATA / "prefect" / "results"),
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TQDM_DISABLE": "1",
+}
+if (MODELS / "tiny.en.pt").exists():
+    TEST_ENV["SCRIBELINE_MODEL"] = str(MODELS / "tiny.en.pt")
+else:  # elsewhere whisper downloads the weights by name
+    TEST_ENV["SCRIBELINE_MODEL"] = "tiny.en"
+os.environ.update(TEST_ENV)
+os.environ.pop("PREFECT_API_URL", None)
+for key in [k for k in os.environ if k.startswith("SCRIBELINE_") and k not in TEST_ENV]:
+    os.environ.pop(key)
+
+
+def manifest() -> dict[str, dict]:
+    with open(MEDIA / "manifest.tsv", encoding="utf-8") as fh:
+        return {row["file"]: row for row in csv.DictReader(fh, delimiter="\t")}
+
+
+EXACT_ENGLISH = ["en_jfk.flac", "en_ls_1272-128104-0000.wav", "en_timit_ldc93s1.wav", "en_harvard_birch_canoe.wav"]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+    from whisper.normalizers import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(norm(reference), norm(hypothesis))
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    if not MEDIA.exists():
+        pytest.skip("../shared/media is not beside the checkout")
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from scribeline.config import Settings
+
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def s3(settings):
+    """A real SeaweedFS S3 server over HTTP on loopback, for the whole session."""
+    from scribeline import services
+
+    svc = services.start_s3(settings)
+    yield settings
+    services.stop(svc)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real temporary Prefect API (about 9 s to start): once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def transcriber(settings):
+    from scribeline import stages
+
+    return stages.transcriber(settings)
+
+
+def speak(text: str, path: Path, speed: int = 150) -> Path:
+    subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)

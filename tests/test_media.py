@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scribeline import media
+from tests.conftest import ffmpeg
+
+
+def test_probe_reads_facts_from_content_not_extension(media_dir, tmp_path):
+    disguised = tmp_path / "recording.mp3"  # FLAC data under an .mp3 name
+    disguised.write_bytes((media_dir / "en_jfk.flac").read_bytes())
+    info = media.probe(disguised)
+    assert (info.container, info.codec, info.sample_rate, info.channels) == ("flac", "flac", 44100, 2)
+    assert info.duration_s == pytest.approx(11.0, abs=0.01)
+
+
+def test_video_uses_first_audio_stream(media_dir):
+    info = media.probe(media_dir / "en_video_wda_katiehill.mp4")
+    assert info.has_video and info.codec == "aac" and info.sample_rate == 16000
+    assert info.audio_stream_index == 1
+
+
+def test_text_file_is_rejected_with_a_readable_reason(tmp_path):
+    fake = tmp_path / "song.mp3"
+    fake.write_text("just some text\n")
+    with pytest.raises(media.MediaError, match="not a media file") as err:
+        media.probe(fake)
+    assert str(tmp_path) not in str(err.value)  # operators see no scratch paths
+
+
+def test_video_without_audio_is_rejected(tmp_path):
+    silent_video = tmp_path / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=10", "-c:v", "libx264" if _has_x264() else "mpeg4",
+           str(silent_video))
+    with pytest.raises(media.MediaError, match="no audio stream"):
+        media.probe(silent_video)
+
+
+def _has_x264() -> bool:
+    import subprocess
+
+    return "libx264" in subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+
+
+def test_normalize_gives_exact_16k_mono_sample_count(media_dir, tmp_path):
+    src = media_dir / "en_jfk.flac"
+    out = media.normalize(src, tmp_path / "a.f32", media.probe(src))
+    assert out.num_samples == 11 * 16000  # 11.000 s at 44.1 kHz resampled exactly
+    samples = media.open_audio(out.path)
+    assert samples.shape == (out.num_samples,)
+    assert 0.01 < float(np.abs(samples).max()) <= 1.5
+
+
+def test_recording_at_minus_45_dbfs_gets_gain_back_to_speech_level(media_dir, tmp_path):
+    src = media_dir / "en_harvard_birch_canoe.wav"
+    loud = media.normalize(src, tmp_path / "l.f32", media.probe(src))
+    drop = 45 + loud.speech_level_dbfs  # bring speech to -45 dBFS
+    quiet = tmp_path / "quiet.wav"
+    ffmpeg("-i", str(src), "-af", f"volume=-{drop:.2f}dB", "-c:a", "pcm_s24le", str(quiet))
+    soft = media.normalize(quiet, tmp_path / "q.f32", media.probe(quiet))
+    assert soft.speech_level_dbfs == pytest.approx(-45, abs=1.0)
+    assert soft.gain_db == pytest.approx(loud.gain_db + drop, abs=1.0)
+    a = media.read_samples(media.open_audio(loud.path), 0, loud.num_samples, loud.gain_db)
+    b = media.read_samples(media.open_audio(soft.path), 0, soft.num_samples, soft.gain_db)
+    assert np.sqrt(np.mean(b**2)) == pytest.approx(np.sqrt(np.mean(a**2)), rel=0.1)

@@ -1,0 +1,63 @@
+"""Accuracy and invariants of the batched decoder on the real recordings."""
+
+import pytest
+
+from scribeline import local
+from tests.conftest import EXACT_ENGLISH, manifest, wer
+
+
+@pytest.fixture(scope="module")
+def english(media_dir, settings, tmp_path_factory):
+    paths = [media_dir / f for f in EXACT_ENGLISH]
+    results = local.transcribe_files(settings, paths, tmp_path_factory.mktemp("en"))
+    return {r.path.name: r for r in results}
+
+
+def test_jfk_word_error_rate_at_most_10_percent(english):
+    ref = manifest()["en_jfk.flac"]["reference_text"]
+    assert wer(ref, english["en_jfk.flac"].transcript.text) <= 0.10
+
+
+def test_exact_english_clips_average_wer_at_most_15_percent(english):
+    refs = manifest()
+    rates = [wer(refs[f]["reference_text"], english[f].transcript.text) for f in EXACT_ENGLISH]
+    assert sum(rates) / len(rates) <= 0.15, dict(zip(EXACT_ENGLISH, rates))
+
+
+def test_word_timestamps_are_ordered_inside_segments_and_the_media(english):
+    for r in english.values():
+        duration = r.audio.duration_s
+        assert r.transcript.segments, r.path.name
+        for seg in r.transcript.segments:
+            assert 0 <= seg.start <= seg.end <= duration + 0.05
+            assert seg.words
+            for a, b in zip(seg.words, seg.words[1:]):
+                assert a.start <= b.start
+            for w in seg.words:
+                assert seg.start - 0.01 <= w.start <= w.end <= seg.end + 0.01
+                assert 0.0 <= w.probability <= 1.0
+
+
+def test_americans_is_timed_where_it_is_spoken(english):
+    # openai-whisper's own test puts "Americans" at 1.76-2.26 s in this clip.
+    words = [w for s in english["en_jfk.flac"].transcript.segments for w in s.words]
+    americans = next(w for w in words if "Americans" in w.word)
+    assert americans.start == pytest.approx(1.76, abs=0.3)
+    assert americans.end == pytest.approx(2.26, abs=0.3)
+
+
+def test_quality_signals_are_carried(english):
+    seg = english["en_jfk.flac"].transcript.segments[0]
+    assert -1.0 < seg.avg_logprob <= 0.0
+    assert 0.0 <= seg.no_speech_prob < 0.5
+    assert 0.5 < seg.compression_ratio < 2.4
+    assert seg.temperature == 0.0
+
+
+def test_batched_with_other_files_gives_the_same_text_as_alone(english, media_dir, settings, tmp_path):
+    alone = local.transcribe_files(settings, [media_dir / "en_timit_ldc93s1.wav"], tmp_path)[0]
+    assert alone.transcript.text == english["en_timit_ldc93s1.wav"].transcript.text
+
+
+def test_english_only_model_reports_english(english):
+    assert {r.transcript.language for r in english.values()} == {"en"}

@@ -1,0 +1,76 @@
+import duckdb
+import pandas as pd
+import pytest
+
+from scribeline import export, warehouse
+
+
+def _rows(media_id="m1"):
+    row = dict(media_id=media_id, source_bucket="in", source_key="a/b.wav", source_etag="e", size_bytes=10, sha256="ab" * 32,
+               container="wav", codec="pcm_s16le", sample_rate=16000, channels=1, bit_rate=256000, duration_s=4.0,
+               language="en", language_probability=1.0, model="tiny.en.pt", task="transcribe", segment_count=2,
+               word_count=4, pii_count=1, no_speech=False, quality_ok=True, gain_db=0.0, processing_s=1.0,
+               processed_at=pd.Timestamp("2026-01-01"), pipeline_version="1")
+    segments = pd.DataFrame([
+        dict(media_id=media_id, segment_index=0, start_s=0.0, end_s=1.5, text="Hello <PERSON>.", channel=None,
+             avg_logprob=-0.1, no_speech_prob=0.0, compression_ratio=1.0, temperature=0.0),
+        dict(media_id=media_id, segment_index=1, start_s=2.0, end_s=3.25, text="Good bye.", channel=None,
+             avg_logprob=-0.1, no_speech_prob=0.0, compression_ratio=1.0, temperature=0.0),
+    ])
+    words = pd.DataFrame([
+        dict(media_id=media_id, segment_index=0, word_index=0, start_s=0.0, end_s=0.5, word="Hello", probability=0.9, redacted=False),
+        dict(media_id=media_id, segment_index=0, word_index=1, start_s=0.6, end_s=1.5, word="<PERSON>", probability=0.9, redacted=True),
+    ])
+    return row, {"segments": segments, "words": words}
+
+
+def test_loading_the_same_media_twice_adds_nothing(tmp_path):
+    path = tmp_path / "w.duckdb"
+    assert warehouse.load(path, *_rows()) is True
+    before = warehouse.row_counts(path)
+    assert warehouse.load(path, *_rows()) is False
+    assert warehouse.row_counts(path) == before
+    assert before["media"] == 1 and before["segments"] == 2 and before["words"] == 2
+
+
+def test_transcripts_view_joins_segments_in_time_order(tmp_path):
+    path = tmp_path / "w.duckdb"
+    warehouse.load(path, *_rows())
+    df = warehouse.query(path, "select * from transcripts")
+    assert list(df.columns) == ["media_id", "source_object", "language", "duration_s", "text"]
+    assert df.iloc[0]["text"] == "Hello <PERSON>. Good bye."
+    assert df.iloc[0]["source_object"] == "s3://in/a/b.wav"
+
+
+def test_queries_cannot_write(tmp_path):
+    path = tmp_path / "w.duckdb"
+    warehouse.load(path, *_rows())
+    with pytest.raises(duckdb.Error):
+        warehouse.query(path, "delete from media")
+    assert warehouse.row_counts(path)["media"] == 1
+
+
+def test_a_failed_load_leaves_no_partial_rows(tmp_path):
+    path = tmp_path / "w.duckdb"
+    row, tables = _rows()
+    tables["words"] = pd.concat([tables["words"], tables["words"]])  # duplicate primary key
+    with pytest.raises(duckdb.Error):
+        warehouse.load(path, row, tables)
+    assert warehouse.row_counts(path) == {k: 0 for k in warehouse.row_counts(path)}
+
+
+def test_export_formats(tmp_path):
+    path = tmp_path / "w.duckdb"
+    warehouse.load(path, *_rows("abcdef123"))
+    stored = export.fetch(path, "abcdef")  # a unique prefix is enough
+    srt = export.get_writer("srt").render(stored)
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:01,500\nHello <PERSON>.\n\n2\n00:00:02,000 --> 00:00:03,250\nGood bye.")
+    vtt = export.get_writer("vtt").render(stored)
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello <PERSON>.")
+    assert export.get_writer("txt").render(stored) == "Hello <PERSON>.\nGood bye.\n"
+    import json
+
+    doc = json.loads(export.get_writer("json").render(stored))
+    assert doc["media"]["media_id"] == "abcdef123" and doc["segments"][0]["words"][1]["word"] == "<PERSON>"
+    with pytest.raises(ValueError):
+        export.get_writer("docx")

@@ -9,6 +9,7 @@ quarantined with the stage, the error and the number of attempts; the others go 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass, field
 
@@ -79,7 +80,7 @@ def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
 
 
 @flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=8),
-      flow_run_name="process-incoming-{max_objects}", validate_parameters=True)
+      flow_run_name=lambda: f"incoming-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}", validate_parameters=True)
 def process_incoming(max_objects: int = 0) -> list[dict]:
     """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run)."""
     log = get_run_logger()

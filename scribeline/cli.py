@@ -216,13 +216,19 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "submit": cmd_submit, "run": cmd_run
             "query": cmd_query, "export": cmd_export, "status": cmd_status}
 
 
+def duckdb_error():
+    import duckdb
+
+    return duckdb.Error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     _prepare_env(settings)
     try:
         return COMMANDS[args.command](settings, args)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError, duckdb_error()) as exc:
         print(f"scribeline: {exc}", file=sys.stderr)
         return 2
 

@@ -65,6 +65,7 @@ class Settings:
     language: str = ""  # empty: detect from speech
     task: str = "transcribe"  # transcribe | translate
     batch_size: int = 0  # 0: chosen from the device
+    beam_size: int = 5  # 0 or 1: greedy decoding
     word_timestamps: bool = True
     split_channels: bool = False  # transcribe each channel of a stereo call separately
     # Segmentation.
@@ -157,6 +158,7 @@ class Settings:
             "model": model_id,
             "language": self.language,
             "task": self.task,
+            "beam_size": self.beam_size,
             "word_timestamps": self.word_timestamps,
             "split_channels": self.split_channels,
             "vad_threshold": self.vad_threshold,

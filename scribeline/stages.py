@@ -112,8 +112,9 @@ def _transcriber(model: str, device: str, options: TranscribeOptions, download_r
 
 
 def transcribe_options(settings: Settings) -> TranscribeOptions:
-    return TranscribeOptions(language=settings.language or None, task=settings.task,
-                             batch_size=settings.batch_size, word_timestamps=settings.word_timestamps)
+    return TranscribeOptions(language=settings.language or None, task=settings.task, batch_size=settings.batch_size,
+                             beam_size=settings.beam_size if settings.beam_size > 1 else None,
+                             word_timestamps=settings.word_timestamps)
 
 
 _transcriber_lock = threading.Lock()

@@ -44,6 +44,7 @@ class TranscribeOptions:
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    beam_size: int | None = 5  # beam search at temperature 0 (None: greedy)
     best_of: int = 5  # samples per window when falling back to temperature > 0
     language_windows: int = 3  # speech windows used to detect a file's language
 
@@ -160,6 +161,22 @@ def default_batch_size(device: str) -> int:
     return 8
 
 
+class _GroupedDecodingTask(whisper.decoding.DecodingTask):
+    """whisper's DecodingTask with the audio features repeated per beam / sample.
+
+    openai-whisper 20250625 repeats the text tokens by the group size (beam_size or
+    best_of) but not the audio features, so beam search and best-of sampling fail
+    for batches of more than one input. Repeating the features here fixes that.
+    """
+
+    def _get_audio_features(self, mel: torch.Tensor) -> torch.Tensor:
+        features = super()._get_audio_features(mel)
+        return features.repeat_interleave(self.n_group, dim=0) if self.n_group > 1 else features
+
+    def _detect_language(self, audio_features: torch.Tensor, tokens: torch.Tensor):
+        return super()._detect_language(audio_features[:: self.n_group], tokens)
+
+
 class _EncodedModel:
     """Lets whisper's alignment run the decoder on audio features we already encoded."""
 
@@ -225,10 +242,11 @@ class Transcriber:
             language=language,
             temperature=temperature,
             best_of=self.options.best_of if temperature > 0 else None,
+            beam_size=self.options.beam_size if temperature == 0 else None,
             without_timestamps=True,  # window edges + word alignment give the times
             fp16=self.fp16,
         )
-        return whisper.decode(self.model, features, opts)
+        return _GroupedDecodingTask(self.model, opts).run(features)
 
     def _needs_fallback(self, r) -> bool:
         o = self.options

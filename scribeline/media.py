@@ -98,7 +98,7 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
     """
     stream = ffmpeg.input(str(src))["a:0"]
     if channel is not None:
-        stream = stream.filter("pan", f"mono|c0=c{channel}")
+        stream = stream.filter("channelmap", map=str(channel), channel_layout="mono")
     out = ffmpeg.output(stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
     cmd = ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
     cmd[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
@@ -143,11 +143,16 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
 
 
 def _speech_level(frame_rms: np.ndarray) -> float:
-    """A robust loudness estimate: the 90th percentile of frame RMS (speech, not pauses)."""
+    """Typical level of the loud part of the file: the median of frames within 30 dB of its loudest.
+
+    Measuring relative to the loudest frames keeps long silences or background
+    noise from dragging the estimate down (which would over-amplify the speech).
+    """
     active = frame_rms[frame_rms > 1e-7]
     if active.size == 0:
         return 0.0
-    return float(np.percentile(active, 90))
+    loudest = float(np.percentile(active, 99.9))  # robust to a single click
+    return float(np.median(active[active >= loudest * 10 ** (-30 / 20)]))
 
 
 def _db(x: float) -> float:

@@ -65,7 +65,8 @@ class Settings:
     language: str = ""  # empty: detect from speech
     task: str = "transcribe"  # transcribe | translate
     batch_size: int = 0  # 0: chosen from the device
-    beam_size: int = 5  # 0 or 1: greedy decoding
+    beam_size: int = 1  # 1: greedy decoding (openai-whisper's default); 5 for beam search
+    cpu_int8: bool = True  # int8 dynamic quantization of the model on CPU
     word_timestamps: bool = True
     split_channels: bool = False  # transcribe each channel of a stereo call separately
     # Segmentation.
@@ -159,6 +160,7 @@ class Settings:
             "language": self.language,
             "task": self.task,
             "beam_size": self.beam_size,
+            "cpu_int8": self.cpu_int8,
             "word_timestamps": self.word_timestamps,
             "split_channels": self.split_channels,
             "vad_threshold": self.vad_threshold,

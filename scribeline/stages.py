@@ -107,8 +107,8 @@ def segment(settings: Settings, run_key: str, normalized: dict) -> dict:
 
 # --------------------------------------------------------------- transcribe
 @functools.lru_cache(maxsize=4)
-def _transcriber(model: str, device: str, options: TranscribeOptions, download_root: str):
-    return transcriber_for(model, device, options, download_root)
+def _transcriber(model: str, device: str, options: TranscribeOptions, download_root: str, cpu_int8: bool):
+    return transcriber_for(model, device, options, download_root, cpu_int8)
 
 
 def transcribe_options(settings: Settings) -> TranscribeOptions:
@@ -123,7 +123,8 @@ _transcriber_lock = threading.Lock()
 def transcriber(settings: Settings):
     """The process's model, loaded once and reused across media (one instance even under threads)."""
     with _transcriber_lock:
-        return _transcriber(settings.model, settings.device, transcribe_options(settings), str(settings.data_dir / "models"))
+        return _transcriber(settings.model, settings.device, transcribe_options(settings), str(settings.data_dir / "models"),
+                            settings.cpu_int8)
 
 
 def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:

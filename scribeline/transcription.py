@@ -126,10 +126,16 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_model(spec: str, device: str = "auto", download_root: str | None = None) -> "whisper.Whisper":
-    """Load a checkpoint (path) or a model name (whisper downloads it) once per process."""
+def load_model(spec: str, device: str = "auto", download_root: str | None = None,
+               cpu_int8: bool = False) -> "whisper.Whisper":
+    """Load a checkpoint (path) or a model name (whisper downloads it) once per process.
+
+    ``cpu_int8`` quantizes the linear layers and the output projection to int8
+    (dynamic quantization) when the device is the CPU.
+    """
     device = resolve_device(device)
-    key = (spec, device)
+    cpu_int8 = cpu_int8 and device == "cpu"
+    key = (spec, device, cpu_int8)
     with _models_lock:
         if key in _models:
             return _models[key]
@@ -149,8 +155,66 @@ def load_model(spec: str, device: str = "auto", download_root: str | None = None
         else:
             raise ValueError(f"whisper model {spec!r} is neither a checkpoint file nor one of {whisper.available_models()}")
         model.eval()
+        if cpu_int8:
+            model = quantize_for_cpu(model)
+        _warm_up_alignment()
         _models[key] = model
         return model
+
+
+def _warm_up_alignment() -> None:
+    # whisper's DTW is compiled by numba on first use (seconds): pay that at load, not per file.
+    from whisper.timing import dtw
+
+    dtw(torch.zeros(4, 4))
+
+
+class _Int8LogitsTextDecoder(whisper.model.TextDecoder):
+    """whisper's TextDecoder with the output projection as an int8 matrix.
+
+    The projection onto the 51,864-token vocabulary reads the whole embedding matrix
+    at every decoding step; in float32 that memory traffic is the largest single
+    cost of greedy decoding on a CPU. The forward pass is whisper's, but for that line.
+    """
+
+    logits_proj: torch.nn.Module
+
+    def forward(self, x, xa, kv_cache=None):
+        offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
+        x = self.token_embedding(x) + self.positional_embedding[offset : offset + x.shape[-1]]
+        x = x.to(xa.dtype)
+        for block in self.blocks:
+            x = block(x, xa, mask=self.mask, kv_cache=kv_cache)
+        x = self.ln(x)
+        return self.logits_proj(x).float()
+
+
+def quantize_for_cpu(model):
+    """Dynamic int8 quantization of every linear layer and of the vocabulary projection."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    def plain(module):
+        # whisper's Linear subclass is not in quantize_dynamic's type map: swap in nn.Linear.
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear) and type(child) is not torch.nn.Linear:
+                new = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                new.load_state_dict(child.state_dict())
+                setattr(module, name, new)
+            else:
+                plain(child)
+
+    plain(model)
+    embedding = model.decoder.token_embedding.weight
+    projection = torch.nn.Linear(embedding.shape[1], embedding.shape[0], bias=False)
+    projection.weight = torch.nn.Parameter(embedding.detach().clone(), requires_grad=False)
+    model.decoder.logits_proj = projection
+    model.decoder.__class__ = _Int8LogitsTextDecoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice that eager quantization moves to torchao
+        # One scale per output row: a single scale for the whole vocabulary matrix costs accuracy.
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def default_batch_size(device: str) -> int:
@@ -356,6 +420,7 @@ def _sentences(words: list[Word]) -> list[list[Word]]:
     return out
 
 
-def transcriber_for(model_spec: str, device: str, options: TranscribeOptions, download_root: str | None = None) -> Transcriber:
+def transcriber_for(model_spec: str, device: str, options: TranscribeOptions, download_root: str | None = None,
+                    cpu_int8: bool = False) -> Transcriber:
     device = resolve_device(device)
-    return Transcriber(load_model(model_spec, device, download_root), device, options)
+    return Transcriber(load_model(model_spec, device, download_root, cpu_int8), device, options)

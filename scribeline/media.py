@@ -159,16 +159,38 @@ def _db(x: float) -> float:
     return 20 * math.log10(max(x, 1e-10))
 
 
-def open_audio(path: Path) -> np.memmap:
-    """Memory-map a normalized file: slicing reads only the samples needed."""
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype="<f4")
-    return np.memmap(path, dtype="<f4", mode="r")
+class AudioFile:
+    """A normalized file read by positioned reads: only the samples asked for enter memory.
+
+    (A memory map would do the same, but its touched pages count towards the
+    process's resident memory until the kernel reclaims them; on a 3-hour file
+    that is most of a gigabyte.)
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.size = self.path.stat().st_size // 4
+        self.shape = (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, _ = s.indices(self.size)
+        if stop <= start:
+            return np.zeros(0, dtype="<f4")
+        with open(self.path, "rb") as fh:
+            fh.seek(start * 4)
+            return np.frombuffer(fh.read((stop - start) * 4), dtype="<f4")
+
+
+def open_audio(path: Path) -> AudioFile:
+    return AudioFile(path)
 
 
 def read_samples(audio: np.ndarray, start: int, end: int, gain_db: float) -> np.ndarray:
     """Samples [start, end) with the measured gain applied and hard-limited to [-1, 1]."""
-    block = np.asarray(audio[start:end], dtype=np.float32)
+    block = np.array(audio[start:end], dtype=np.float32)  # a writable copy
     if gain_db:
         block = np.clip(block * np.float32(10 ** (gain_db / 20)), -1.0, 1.0)
     return block

@@ -64,11 +64,22 @@ class SegmentationOptions:
 
 
 @functools.lru_cache(maxsize=1)
-def _vad_model():
-    from silero_vad import load_silero_vad
+def _silero():
+    """Import silero_vad without its side effect: it calls torch.set_num_threads(1) on import,
+    which would halve whisper's speed on every later batch in this process."""
+    import torch
 
+    threads = torch.get_num_threads()
+    import silero_vad
+
+    torch.set_num_threads(threads)
+    return silero_vad
+
+
+@functools.lru_cache(maxsize=1)
+def _vad_model():
     # The sequence model runs one ONNX call per 512 frames instead of one per frame.
-    return load_silero_vad(sequence=True)
+    return _silero().load_silero_vad(sequence=True)
 
 
 class _GainView:
@@ -89,8 +100,7 @@ def speech_probabilities(audio: np.ndarray, gain_db: float = 0.0) -> np.ndarray:
 
 
 def speech_spans(probs: np.ndarray, num_samples: int, opts: SegmentationOptions) -> list[Span]:
-    from silero_vad import get_speech_timestamps_from_probs
-
+    get_speech_timestamps_from_probs = _silero().get_speech_timestamps_from_probs
     # Long unbroken speech is split by silero at its quietest point before the limit.
     max_speech = opts.max_window_s - 2 * PAD_S - 0.1
     stamps = get_speech_timestamps_from_probs(

@@ -35,3 +35,14 @@ def test_merge_cuts_only_between_spans_and_pads_into_pauses():
     assert windows[0].start == pytest.approx(0.8 * s) and windows[0].end == pytest.approx(20.2 * s)
     assert windows[1].start == pytest.approx(20.8 * s) and windows[1].end == pytest.approx(45.2 * s)
     assert all(w.num_samples <= 30 * s for w in windows)
+
+
+def test_vad_leaves_torch_threads_alone():
+    # silero_vad calls torch.set_num_threads(1) on import; whisper would then run on one core.
+    import subprocess
+    import sys
+
+    code = ("import torch, numpy as np; before = torch.get_num_threads(); from scribeline import segmentation; "
+            "segmentation.segment(np.full(16000, 0.01, dtype=np.float32), 0.0); print(before, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1]

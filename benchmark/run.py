@@ -1,0 +1,220 @@
+"""Speed and accuracy benchmark: openai-whisper's transcribe() against scribeline, on the same audio and model.
+
+    .venv/bin/python -m benchmark.run [--minutes 10] [--model PATH|NAME] [--device cpu|cuda]
+
+One command runs three phases, each in its own process so that each reports its
+own peak memory, on the same files and weights:
+
+  baseline   whisper.load_model(...).transcribe(path) with its defaults, file after file
+  stage      scribeline's transcription stage: probe, normalize, VAD, batched decode, word times
+  pipeline   the whole Prefect flow: S3 ingest -> ... -> DuckDB, on a real S3 server and Prefect API
+
+Model loading (and, for the pipeline, loading Presidio's and Great Expectations'
+engines, and starting the servers) happens before the clock starts: it is a cost
+per worker process, not per file. Prints a table and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmark.audio import MEDIA, Item, items  # noqa: E402
+
+PHASES = ("baseline", "stage", "pipeline")
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _default_model() -> str:
+    local = ROOT.parent / "shared" / "models" / "tiny.en.pt"
+    return str(local) if local.exists() else "tiny.en"
+
+
+# ------------------------------------------------------------------ phases
+def phase_baseline(paths: list[Path], model_spec: str, device: str) -> dict:
+    import torch
+    import whisper
+
+    model = whisper.load_model(model_spec, device=device)
+    fp16 = device.startswith("cuda")
+    model.transcribe(str(MEDIA / "en_jfk.flac"), fp16=fp16)  # warm-up, not timed
+    texts = []
+    start = time.perf_counter()
+    for p in paths:
+        texts.append(model.transcribe(str(p), fp16=fp16)["text"])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return {"wall_s": time.perf_counter() - start, "texts": texts}
+
+
+def phase_stage(paths: list[Path], model_spec: str, device: str) -> dict:
+    from scribeline import local, stages
+    from scribeline.config import Settings
+
+    settings = Settings.from_env()
+    stages.transcriber(settings)
+    local.transcribe_files(settings, [MEDIA / "en_jfk.flac"])  # warm-up, not timed
+    start = time.perf_counter()
+    results = local.transcribe_files(settings, paths)
+    return {"wall_s": time.perf_counter() - start, "texts": [r.transcript.text for r in results]}
+
+
+def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from scribeline import redaction, services, stages, storage, validation, warehouse
+    from scribeline.config import Settings
+
+    settings = Settings.from_env()
+    svc = services.start_s3(settings)
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            from flows.process_incoming import process_incoming
+
+            keys = []
+            for i, p in enumerate(paths):
+                keys.append(f"bench/{i:02d}-{p.name}")
+                storage.upload_file(settings, p, key=keys[-1])
+            stages.transcriber(settings)  # per-worker start-up, not timed
+            redaction.analyzer()
+            validation._context()
+            start = time.perf_counter()
+            outcomes = process_incoming()
+            wall = time.perf_counter() - start
+    finally:
+        services.stop(svc)
+    df = warehouse.query(settings.warehouse, "select m.source_key, t.text from transcripts t join media m using (media_id)")
+    by_key = dict(zip(df["source_key"], df["text"]))
+    states = [o["state"] for o in outcomes]
+    return {"wall_s": wall, "texts": [by_key.get(k, "") for k in keys], "states": states}
+
+
+def run_phase(args) -> None:
+    spec = json.loads(Path(args.items).read_text())
+    paths = [Path(i["path"]) for i in spec["items"]]
+    fn = {"baseline": phase_baseline, "stage": phase_stage, "pipeline": phase_pipeline}[args.phase]
+    out = fn(paths, spec["model"], spec["device"])
+    out["peak_mib"] = _peak_mib()
+    Path(args.result).write_text(json.dumps(out))
+
+
+# ----------------------------------------------------------------- report
+def corpus_wer(refs: list[str], hyps: list[str], languages: list[str]) -> float | None:
+    import jiwer
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    en, basic = EnglishTextNormalizer(), BasicTextNormalizer()
+    pairs = [((en if lang == "en" else basic)(r), (en if lang == "en" else basic)(h))
+             for r, h, lang in zip(refs, hyps, languages) if r is not None]
+    if not pairs:
+        return None
+    return jiwer.wer([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def audio_seconds(paths: list[Path]) -> float:
+    import ffmpeg
+
+    return sum(float(ffmpeg.probe(str(p))["format"]["duration"]) for p in paths)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="scribeline speed/accuracy benchmark")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the long-form file")
+    p.add_argument("--model", default=_default_model())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--phases", default=",".join(PHASES))
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scribeline-benchmark"))
+    p.add_argument("--output", default=str(ROOT / "benchmark" / "results.json"))
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--items", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.phase:
+        run_phase(args)
+        return 0
+
+    import whisper
+
+    workdir = Path(args.workdir)
+    english_only = Path(args.model).stem.endswith(".en") or args.model.endswith(".en")
+    bench_items = items(workdir, args.minutes, english_only)
+    spec = {"model": args.model, "device": args.device,
+            "items": [{**asdict(i), "path": str(i.path)} for i in bench_items]}
+    spec_path = workdir / "items.json"
+    spec_path.write_text(json.dumps(spec))
+    seconds = audio_seconds([i.path for i in bench_items])
+    print(f"{len(bench_items)} files, {seconds:.0f} s of audio; model {args.model} on {args.device}")
+    print(f"machine: {machine()}\n")
+
+    results = {}
+    for phase in args.phases.split(","):
+        data = Path(tempfile.mkdtemp(prefix=f"bench-{phase}-"))
+        env = dict(os.environ, SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_MODEL=args.model, SCRIBELINE_DEVICE=args.device,
+                   SCRIBELINE_EMBEDDED_S3_PORT=os.environ.get("SCRIBELINE_EMBEDDED_S3_PORT", "18433"),
+                   DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(data / "prefect"),
+                   TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", GX_ANALYTICS_ENABLED="false", TQDM_DISABLE="1")
+        env.pop("PREFECT_API_URL", None)
+        result_path = data / "result.json"
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "benchmark.run", "--phase", phase, "--items", str(spec_path),
+                               "--result", str(result_path)], env=env, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{phase} failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+            return 1
+        results[phase] = json.loads(result_path.read_text())
+        print(f"  {phase}: {results[phase]['wall_s']:.1f} s (process total {time.perf_counter() - t0:.0f} s)", flush=True)
+
+    refs = [i.reference for i in bench_items]
+    langs = [i.language for i in bench_items]
+    base_wall = results.get("baseline", {}).get("wall_s")
+    rows = []
+    for phase, r in results.items():
+        rows.append({
+            "phase": phase, "audio_s": round(seconds, 1), "wall_s": round(r["wall_s"], 2),
+            "realtime_x": round(seconds / r["wall_s"], 1), "speedup": round(base_wall / r["wall_s"], 2) if base_wall else None,
+            "wer": round(corpus_wer(refs, r["texts"], langs) or 0.0, 4), "peak_mib": round(r["peak_mib"]),
+        })
+    print("\n| phase | audio s | wall s | × realtime | speed-up vs baseline | WER | peak memory MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {row['phase']} | {row['audio_s']} | {row['wall_s']} | {row['realtime_x']} | "
+              f"{row['speedup'] if row['speedup'] is not None else '-'} | {row['wer'] * 100:.2f} % | {row['peak_mib']} |")
+    if "stage" in results and "pipeline" in results:
+        print(f"\npipeline / stage wall time: {results['pipeline']['wall_s'] / results['stage']['wall_s']:.2f}")
+    Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "device": args.device,
+                                             "files": [str(i.path.name) for i in bench_items], "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

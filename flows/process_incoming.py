@@ -55,6 +55,9 @@ def _attempts(future) -> int:
 def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
     """Submit one stage for every live media, wait, and quarantine the failures."""
     live = [m for m in items if not m.failed and m.outcome is None]
+    if not live:
+        return
+    started = time.perf_counter()
     futures = [(m, submit(m)) for m in live]
     for m, fut in futures:
         fut.wait()
@@ -77,6 +80,7 @@ def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
             "quarantine_record": f"s3://{settings.bucket_quarantine}/{record['record_key']}",
             "seconds": round(time.monotonic() - m.started, 2),
         }
+    get_run_logger().info("%s: %d media in %.2f s", name, len(live), time.perf_counter() - started)
 
 
 @flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=8),

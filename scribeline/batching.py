@@ -10,13 +10,15 @@ each media keeps its own task (cache, retries, quarantine).
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from scribeline.transcription import AudioJob, Transcriber, Transcript
 
-GATHER_S = 0.05  # how long a leader waits for more callers before decoding
+GATHER_QUIET_S = 0.2  # a leader decodes once no new caller arrived for this long...
+GATHER_MAX_S = 2.0  # ...or after this long at most
 
 
 @dataclass
@@ -41,13 +43,24 @@ class BatchingQueue:
                 try:
                     if request.future.done():
                         break
-                    threading.Event().wait(GATHER_S)
+                    self._gather()
                     with self._lock:
                         taken, self._pending = self._pending, []
                     self._run(taken)
                 finally:
                     self._busy.release()
         return request.future.result()
+
+    def _gather(self) -> None:
+        """Wait while callers keep arriving: tasks of one flow wave start a few hundred ms apart."""
+        deadline = time.monotonic() + GATHER_MAX_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                seen = len(self._pending)
+            time.sleep(GATHER_QUIET_S)
+            with self._lock:
+                if len(self._pending) == seen:
+                    return
 
     def _run(self, requests: list[_Request]) -> None:
         if not requests:

@@ -360,8 +360,9 @@ class Transcriber:
     def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
         languages = [self.detect_language(job) for job in jobs]
         items = [(j, w) for j, job in enumerate(jobs) for w in job.windows]
-        # Group by language so that one batch shares one decoder prompt.
-        items.sort(key=lambda it: (languages[it[0]][0], it[0], it[1].start))
+        # Group by language so that one batch shares one decoder prompt, and by length so
+        # that a batch's windows need similar numbers of decoding steps.
+        items.sort(key=lambda it: (languages[it[0]][0], sum(s.end - s.start for s in it[1].speech)))
         per_job: list[list[Segment]] = [[] for _ in jobs]
         silent = [0] * len(jobs)
         done = 0

@@ -9,6 +9,7 @@ the file only for the length of a load.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,14 +132,26 @@ def connect(path: Path, read_only: bool = False, retries: int = 60) -> duckdb.Du
     raise AssertionError("unreachable")
 
 
+# DuckDB lets one process write a file; inside it, writes from several threads would
+# conflict on the same tables. One lock per process serializes them; the schema is
+# created once per file and process.
+_write_lock = threading.Lock()
+_schema_ready: set[str] = set()
+
+
 @contextmanager
 def writer(path: Path):
-    con = connect(path)
-    try:
-        con.execute(SCHEMA)
-        yield con
-    finally:
-        con.close()
+    with _write_lock:
+        existed = Path(path).exists()
+        con = connect(path)
+        try:
+            key = str(Path(path).resolve())
+            if key not in _schema_ready or not existed:
+                con.execute(SCHEMA)
+                _schema_ready.add(key)
+            yield con
+        finally:
+            con.close()
 
 
 def has_media(con: duckdb.DuckDBPyConnection, media_id: str) -> bool:

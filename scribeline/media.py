@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
     out = ffmpeg.output(stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
     cmd = ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
     cmd[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr goes to a file: a pipe nobody drains fills up on noisy input and stalls ffmpeg.
+    errors = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
     levels: list[np.ndarray] = []
     peak = 0.0
     total = 0
@@ -123,9 +126,12 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
                 frames = joined[: n * FRAME].reshape(n, FRAME)
                 levels.append(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)).astype(np.float32))
                 carry = joined[n * FRAME :]
-        stderr = proc.stderr.read().decode(errors="replace")
     finally:
+        proc.stdout.close()
         proc.wait()
+        errors.seek(0)
+        stderr = errors.read()[-20000:].decode(errors="replace")
+        errors.close()
     if proc.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
         raise MediaError(f"ffmpeg could not decode the audio ({last})")

@@ -65,3 +65,14 @@ def test_recording_at_minus_45_dbfs_gets_gain_back_to_speech_level(media_dir, tm
     a = media.read_samples(media.open_audio(loud.path), 0, loud.num_samples, loud.gain_db)
     b = media.read_samples(media.open_audio(soft.path), 0, soft.num_samples, soft.gain_db)
     assert np.sqrt(np.mean(b**2)) == pytest.approx(np.sqrt(np.mean(a**2)), rel=0.1)
+
+
+def test_noisy_decoder_warnings_do_not_stall_normalize(media_dir, tmp_path):
+    # Stream-copied concatenation: ffmpeg warns about every packet's timestamps while
+    # decoding (megabytes of stderr), which must not block the decode.
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"file '{media_dir / 'en_jfk.flac'}'\n" for _ in range(30)))
+    joined = tmp_path / "joined.flac"
+    ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(joined))
+    out = media.normalize(joined, tmp_path / "j.f32", media.probe(joined))
+    assert out.duration_s == pytest.approx(330.0, abs=1.0)

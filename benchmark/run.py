@@ -70,8 +70,11 @@ def phase_stage(paths: list[Path], model_spec: str, device: str) -> dict:
     stages.transcriber(settings)
     local.transcribe_files(settings, [MEDIA / "en_jfk.flac"])  # warm-up, not timed
     start = time.perf_counter()
+    tr = stages.transcriber(settings)
+    tr.timings.clear()
     results = local.transcribe_files(settings, paths)
-    return {"wall_s": time.perf_counter() - start, "texts": [r.transcript.text for r in results]}
+    return {"wall_s": time.perf_counter() - start, "texts": [r.transcript.text for r in results],
+            "transcriber_s": tr.timings}
 
 
 def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
@@ -98,8 +101,12 @@ def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
         services.stop(svc)
     df = warehouse.query(settings.warehouse, "select m.source_key, t.text from transcripts t join media m using (media_id)")
     by_key = dict(zip(df["source_key"], df["text"]))
+    from scribeline.batching import queue_for
+
+    tr = stages.transcriber(settings)
     states = [o["state"] for o in outcomes]
-    return {"wall_s": wall, "texts": [by_key.get(k, "") for k in keys], "states": states}
+    return {"wall_s": wall, "texts": [by_key.get(k, "") for k in keys], "states": states,
+            "transcriber_s": tr.timings, "batch_rounds": queue_for(tr).rounds}
 
 
 def run_phase(args) -> None:
@@ -190,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{phase} failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
             return 1
         results[phase] = json.loads(result_path.read_text())
+        waves = [line.split(" - ", 1)[-1] for line in proc.stderr.splitlines() + proc.stdout.splitlines()
+                 if " media in " in line]
+        if waves:
+            print("    stage waves: " + "; ".join(waves))
+        if "transcriber_s" in results[phase]:
+            print("    transcriber: " + ", ".join(f"{k} {v:.1f} s" for k, v in results[phase]["transcriber_s"].items())
+                  + (f"; media per batching round {results[phase]['batch_rounds']}" if "batch_rounds" in results[phase] else ""))
         print(f"  {phase}: {results[phase]['wall_s']:.1f} s (process total {time.perf_counter() - t0:.0f} s)", flush=True)
 
     refs = [i.reference for i in bench_items]

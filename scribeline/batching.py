@@ -33,6 +33,7 @@ class BatchingQueue:
         self._pending: list[_Request] = []
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held by the leader while it decodes
+        self.rounds: list[int] = []  # requests decoded together, per round (for logs and benchmarks)
 
     def transcribe(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
         request = _Request(jobs)
@@ -65,6 +66,7 @@ class BatchingQueue:
     def _run(self, requests: list[_Request]) -> None:
         if not requests:
             return
+        self.rounds.append(len(requests))
         flat = [job for r in requests for job in r.jobs]
         try:
             results = self.transcriber.transcribe(flat)

@@ -122,6 +122,10 @@ def decode_lock(model) -> threading.Lock:
         return _decode_locks.setdefault(id(model), threading.Lock())
 
 
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,7 +146,7 @@ def load_model(spec: str, device: str = "auto", download_root: str | None = None
         if key in _models:
             return _models[key]
         if device == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(cpu_threads())
         path = Path(spec).expanduser()
         if path.exists():
             model = whisper.load_model(str(path), device=device)
@@ -354,6 +358,10 @@ class Transcriber:
 
     def transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
         with decode_lock(self.model):
+            if self.device == "cpu":
+                # OpenMP's thread count is per calling thread: a task-runner thread may start
+                # with fewer than the cores (measured: 1.5 of 2 cores busy without this).
+                torch.set_num_threads(cpu_threads())
             return self._transcribe(jobs, progress)
 
     @torch.no_grad()

@@ -12,7 +12,6 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
-python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   $SUDO apt-get update -qq
@@ -22,7 +21,13 @@ fi
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
-  "$PY" -m venv .venv
+  if ! "$PY" -m venv .venv >/dev/null 2>&1; then
+    # Debian ships venv's pip bootstrap separately.
+    rm -rf .venv
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    "$PY" -m venv .venv
+  fi
 fi
 
 # Reinstall only when the dependency list changed.
@@ -32,7 +37,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages (first run takes a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first, pinned: an unpinned torch pulls several GB of CUDA packages.
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  # SCRIBELINE_TORCH_INDEX_URL (e.g. PyTorch's CPU index) picks where torch comes from.
+  .venv/bin/python -m pip install -q ${SCRIBELINE_TORCH_INDEX_URL:+--index-url "$SCRIBELINE_TORCH_INDEX_URL"} "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi

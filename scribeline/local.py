@@ -37,8 +37,9 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
         windows = segmentation.segment(samples, norm.gain_db, opts)
         prepared.append((Path(path), info, norm, samples, windows))
     jobs = [
-        AudioJob(read=lambda s, e, a=samples, g=norm.gain_db: media.read_samples(a, s, e, g), windows=windows)
-        for _, _, norm, samples, windows in prepared
+        AudioJob(read=lambda s, e, a=samples, g=norm.gain_db: media.read_samples(a, s, e, g), windows=windows,
+                 beam_size=settings.beam_for(info.sample_rate))
+        for _, info, norm, samples, windows in prepared
     ]
     transcripts = stages.transcriber(settings).transcribe(jobs)
     return [LocalResult(p, info, norm, windows, t) for (p, info, norm, _, windows), t in zip(prepared, transcripts)]

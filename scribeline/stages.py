@@ -113,7 +113,7 @@ def _transcriber(model: str, device: str, options: TranscribeOptions, download_r
 
 def transcribe_options(settings: Settings) -> TranscribeOptions:
     return TranscribeOptions(language=settings.language or None, task=settings.task, batch_size=settings.batch_size,
-                             beam_size=settings.beam_size if settings.beam_size > 1 else None,
+                             beam_size=settings.beam_for(None),
                              word_timestamps=settings.word_timestamps)
 
 
@@ -137,6 +137,7 @@ def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:
             read=lambda s, e, a=audio, g=gain: media.read_samples(a, s, e, g),
             windows=[segmentation.Window.from_dict(w) for w in track["windows"]],
             channel=track["channel"],
+            beam_size=settings.beam_for(segmented["info"]["sample_rate"]),
         ))
     results = queue_for(transcriber(settings)).transcribe(jobs)
     merged = results[0]

@@ -107,6 +107,7 @@ class AudioJob:
     read: Callable[[int, int], np.ndarray]  # (start, end) sample offsets -> float32 samples
     windows: Sequence[Window]
     channel: int | None = None
+    beam_size: int | None = None  # overrides the options' beam size for this track (narrowband audio)
 
 
 # --------------------------------------------------------------------- model
@@ -334,13 +335,13 @@ class Transcriber:
         return lang, float(total[lang])
 
     # Decoding -----------------------------------------------------------
-    def _decode(self, features: torch.Tensor, language: str, temperature: float):
+    def _decode(self, features: torch.Tensor, language: str, temperature: float, beam_size: int | None):
         opts = whisper.DecodingOptions(
             task=self.options.task,
             language=language,
             temperature=temperature,
             best_of=self.options.best_of if temperature > 0 else None,
-            beam_size=self.options.beam_size if temperature == 0 else None,
+            beam_size=beam_size if temperature == 0 else None,
             without_timestamps=True,  # window edges + word alignment give the times
             fp16=self.fp16,
         )
@@ -368,25 +369,26 @@ class Transcriber:
     def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
         languages = [self.detect_language(job) for job in jobs]
         items = [(j, w) for j, job in enumerate(jobs) for w in job.windows]
-        # Group by language so that one batch shares one decoder prompt, and by length so
-        # that a batch's windows need similar numbers of decoding steps.
-        items.sort(key=lambda it: (languages[it[0]][0], sum(s.end - s.start for s in it[1].speech)))
+        beams = [job.beam_size or self.options.beam_size for job in jobs]
+        # Group by language and beam so that one batch shares one decoder set-up, and by
+        # length so that a batch's windows need similar numbers of decoding steps.
+        items.sort(key=lambda it: (languages[it[0]][0], beams[it[0]] or 1, sum(s.end - s.start for s in it[1].speech)))
         per_job: list[list[Segment]] = [[] for _ in jobs]
         silent = [0] * len(jobs)
         done = 0
         for lo in range(0, len(items), self.batch_size):
             batch = items[lo : lo + self.batch_size]
-            by_lang: dict[str, list[int]] = {}
+            groups: dict[tuple[str, int | None], list[int]] = {}
             for i, (j, _) in enumerate(batch):
-                by_lang.setdefault(languages[j][0], []).append(i)
+                groups.setdefault((languages[j][0], beams[j]), []).append(i)
             with self._timed("read"):
                 samples = [jobs[j].read(w.start, w.end) for j, w in batch]
             with self._timed("encode"):
                 features = self._encode(samples)
-            for language, idx in by_lang.items():
+            for (language, beam), idx in groups.items():
                 sub = features[idx]
                 with self._timed("decode"):
-                    results = self._decode_with_fallback(sub, language)
+                    results = self._decode_with_fallback(sub, language, beam)
                 for k, r in zip(idx, results):
                     j, window = batch[k]
                     if self._is_silent(r):
@@ -403,14 +405,14 @@ class Transcriber:
             out.append(Transcript(languages[j][0], round(languages[j][1], 4), segs, len(job.windows), silent[j]))
         return out
 
-    def _decode_with_fallback(self, features: torch.Tensor, language: str) -> list:
+    def _decode_with_fallback(self, features: torch.Tensor, language: str, beam_size: int | None) -> list:
         temps = self.options.temperatures
-        results = list(self._decode(features, language, temps[0]))
+        results = list(self._decode(features, language, temps[0], beam_size))
         pending = [i for i, r in enumerate(results) if self._needs_fallback(r)]
         for t in temps[1:]:
             if not pending:
                 break
-            retried = self._decode(features[pending], language, t)
+            retried = self._decode(features[pending], language, t, None)
             for i, r in zip(pending, retried):
                 results[i] = r
             pending = [i for i in pending if self._needs_fallback(results[i])]

@@ -25,7 +25,7 @@ from tasks.normalize import normalize
 from tasks.quarantine import quarantine
 from tasks.redact import redact
 from tasks.segment import segment
-from tasks.transcribe import transcribe
+from tasks.transcribe import load_model, transcribe
 from tasks.validate import validate
 
 
@@ -93,6 +93,10 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     refs = list_incoming()
     if max_objects > 0:
         refs = refs[:max_objects]
+    if refs:
+        # A model that cannot load is the worker's fault, not the media's: fail the run
+        # here, with every object still in the incoming bucket, instead of quarantining them.
+        load_model()
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
 

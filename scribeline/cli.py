@@ -102,7 +102,12 @@ def cmd_run(settings: Settings, args) -> int:
             _upload(settings, args.paths)
         from flows.process_incoming import process_incoming
 
-        outcomes = process_incoming(max_objects=args.max_objects)
+        try:
+            outcomes = process_incoming(max_objects=args.max_objects)
+        except Exception as exc:  # noqa: BLE001 - the flow failed as a whole; its media stay in incoming
+            print(f"scribeline: the run failed, nothing was moved out of the incoming bucket: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     finally:
         stop()
     _print_outcomes(outcomes)

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import free_s3_port, manifest, wer
 
 SCRIBELINE = [sys.executable, "-m", "scribeline.cli"]
+TEST_MODEL = os.environ["SCRIBELINE_MODEL"]
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,20 @@ def test_up_is_idempotent_and_down_stops_everything(env):
     down = scribeline(env, "down")
     assert "s3: stopped" in down.stdout
     assert "s3: was not running" in scribeline(env, "down").stdout
+
+
+def test_a_model_that_cannot_load_fails_the_run_and_keeps_the_media(tmp_path, media_dir):
+    data = tmp_path / "data"
+    e = dict(os.environ)
+    for k in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_API_URL"):
+        e.pop(k, None)
+    e.update(SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_EMBEDDED_S3_PORT=str(free_s3_port()),
+             SCRIBELINE_MODEL=str(tmp_path / "missing-checkpoint.pt"))
+    result = scribeline(e, "run", str(media_dir / "en_timit_ldc93s1.wav"))
+    assert result.returncode == 1
+    assert "run failed" in result.stderr and "missing-checkpoint.pt" in result.stderr
+    e["SCRIBELINE_MODEL"] = TEST_MODEL
+    waiting = scribeline(e, "submit", str(media_dir / "en_harvard_birch_canoe.wav"))
+    assert waiting.returncode == 0
+    done = scribeline(e, "run")  # the first file was kept in incoming and is processed now
+    assert done.returncode == 0 and "en_timit_ldc93s1.wav" in done.stdout and "processed" in done.stdout

@@ -21,7 +21,7 @@ def synthesize(folder: Path) -> list[Path]:
     out = []
     for name, text in SENTENCES.items():
         path = folder / name
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
         out.append(path)
     bad = folder / "not_really_audio.mp3"
     bad.write_text("This is a text file with an .mp3 name; the pipeline must quarantine it.\n")

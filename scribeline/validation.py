@@ -93,7 +93,10 @@ def _context():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")  # in memory: writes no files
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("scribeline")
     return context, {
         name: source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmark.audio import MEDIA, Item, items  # noqa: E402
+from benchmark.audio import MEDIA, items  # noqa: E402
 
 PHASES = ("baseline", "stage", "pipeline")
 
@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         run_phase(args)
         return 0
 
-    import whisper
 
     workdir = Path(args.workdir)
     english_only = Path(args.model).stem.endswith(".en") or args.model.endswith(".en")

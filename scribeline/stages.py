@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import shutil
 import threading
 import time
@@ -261,6 +260,3 @@ def describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if isinstance(exc, StageError) else f"{type(exc).__name__}: {text}"
 
-
-def json_safe(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=str))

@@ -1,6 +1,5 @@
 """Timestamps stay exact over long files; silence, noise, tones and music give no words."""
 
-from dataclasses import replace
 
 import pytest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scribeline import media, segmentation, stages
 from scribeline.config import Settings
-from scribeline.transcription import AudioJob, Transcript
+from scribeline.transcription import Transcript
 
 
 @dataclass
@@ -28,7 +28,7 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
     """Normalize and segment each file, then decode all their windows in shared batches."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="scribeline-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    opts = segmentation.SegmentationOptions(threshold=settings.vad_threshold, max_window_s=settings.max_window_s)
+    opts = stages.segmentation_options(settings)
     prepared = []
     for i, path in enumerate(paths):
         info = media.probe(Path(path))
@@ -36,10 +36,7 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
         samples = media.open_audio(norm.path)
         windows = segmentation.segment(samples, norm.gain_db, opts)
         prepared.append((Path(path), info, norm, samples, windows))
-    jobs = [
-        AudioJob(read=lambda s, e, a=samples, g=norm.gain_db: media.read_samples(a, s, e, g), windows=windows,
-                 beam_size=settings.beam_for(info.sample_rate))
-        for _, info, norm, samples, windows in prepared
-    ]
+    jobs = [stages.audio_job(settings, samples, norm.gain_db, windows, info.sample_rate)
+            for _, info, norm, samples, windows in prepared]
     transcripts = stages.transcriber(settings).transcribe(jobs)
     return [LocalResult(p, info, norm, windows, t) for (p, info, norm, _, windows), t in zip(prepared, transcripts)]

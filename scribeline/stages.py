@@ -92,9 +92,13 @@ def _track_audio(settings: Settings, run_key: str, track: dict):
 
 
 # ------------------------------------------------------------------ segment
+def segmentation_options(settings: Settings) -> segmentation.SegmentationOptions:
+    return segmentation.SegmentationOptions(threshold=settings.vad_threshold, max_window_s=settings.max_window_s)
+
+
 def segment(settings: Settings, run_key: str, normalized: dict) -> dict:
     """Speech windows (≤ max_window_s, cut in pauses) for every track."""
-    opts = segmentation.SegmentationOptions(threshold=settings.vad_threshold, max_window_s=settings.max_window_s)
+    opts = segmentation_options(settings)
     tracks = []
     for track in normalized["tracks"]:
         audio = _track_audio(settings, run_key, track)
@@ -126,18 +130,21 @@ def transcriber(settings: Settings):
                             settings.cpu_int8)
 
 
+def audio_job(settings: Settings, audio, gain_db: float, windows: list[segmentation.Window], source_sample_rate: int,
+              channel: int | None = None) -> AudioJob:
+    """One track's windows for the transcriber, read with the track's gain."""
+    return AudioJob(read=lambda s, e: media.read_samples(audio, s, e, gain_db), windows=windows, channel=channel,
+                    beam_size=settings.beam_for(source_sample_rate))
+
+
 def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:
     """Whisper over the speech windows; batched with other media in this worker."""
-    jobs = []
-    for track in segmented["tracks"]:
-        audio = _track_audio(settings, run_key, track)
-        gain = track["gain_db"]
-        jobs.append(AudioJob(
-            read=lambda s, e, a=audio, g=gain: media.read_samples(a, s, e, g),
-            windows=[segmentation.Window.from_dict(w) for w in track["windows"]],
-            channel=track["channel"],
-            beam_size=settings.beam_for(segmented["info"]["sample_rate"]),
-        ))
+    jobs = [
+        audio_job(settings, _track_audio(settings, run_key, track), track["gain_db"],
+                  [segmentation.Window.from_dict(w) for w in track["windows"]], segmented["info"]["sample_rate"],
+                  track["channel"])
+        for track in segmented["tracks"]
+    ]
     results = queue_for(transcriber(settings)).transcribe(jobs)
     merged = results[0]
     if len(results) > 1:  # channels transcribed apart, merged in time order
@@ -209,14 +216,7 @@ def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, ch
 
 
 def already_loaded(settings: Settings, run_key: str) -> bool:
-    if not settings.warehouse.exists():
-        return False
-    con = warehouse.connect(settings.warehouse, read_only=True)
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        return "media" in tables and warehouse.has_media(con, run_key)
-    finally:
-        con.close()
+    return warehouse.contains(settings.warehouse, run_key)
 
 
 # ------------------------------------------------------------------ outcome

@@ -158,6 +158,18 @@ def has_media(con: duckdb.DuckDBPyConnection, media_id: str) -> bool:
     return con.execute("SELECT count(*) FROM media WHERE media_id = ?", [media_id]).fetchone()[0] > 0
 
 
+def contains(path: Path, media_id: str) -> bool:
+    """Whether a media's rows are in the warehouse (False when there is no warehouse yet)."""
+    if not Path(path).exists():
+        return False
+    con = connect(path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        return "media" in tables and has_media(con, media_id)
+    finally:
+        con.close()
+
+
 def load(path: Path, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
     """Insert one media and its child rows atomically. False when it was already there."""
     with writer(path) as con:

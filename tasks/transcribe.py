@@ -20,8 +20,9 @@ def _retry_downloads(task, task_run, state) -> bool:
 @task(name="load-model", retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_downloads)
 def load_model() -> str:
     """Loads the whisper model into this worker once, before any media is touched (model file or download; GPU/CPU)."""
-    tr = stages.transcriber(settings())
-    get_run_logger().info("model %s on %s, batch size %d", settings().model, tr.device, tr.batch_size)
+    config = settings()
+    tr = stages.transcriber(config)
+    get_run_logger().info("model %s on %s, batch size %d", config.model, tr.device, tr.batch_size)
     return tr.device
 
 

@@ -110,7 +110,6 @@ def test_non_speech_gives_no_words_anywhere_in_the_file(kind, settings, tmp_path
 
 def test_channels_transcribed_apart_are_labelled_and_merged_in_time(media_dir, settings, tmp_path):
     from scribeline import media, segmentation, stages
-    from scribeline.transcription import AudioJob
 
     src = media_dir / "en_stereo_overlap_2spk.wav"
     info = media.probe(src)
@@ -118,8 +117,8 @@ def test_channels_transcribed_apart_are_labelled_and_merged_in_time(media_dir, s
     for ch in (0, 1):
         norm = media.normalize(src, tmp_path / f"{ch}.f32", info, channel=ch)
         audio = media.open_audio(norm.path)
-        jobs.append(AudioJob(read=lambda s, e, a=audio, g=norm.gain_db: media.read_samples(a, s, e, g),
-                             windows=segmentation.segment(audio, norm.gain_db), channel=ch))
+        jobs.append(stages.audio_job(settings, audio, norm.gain_db, segmentation.segment(audio, norm.gain_db),
+                                     info.sample_rate, channel=ch))
     left, right = stages.transcriber(settings).transcribe(jobs)
     assert {s.channel for s in left.segments} == {0} and {s.channel for s in right.segments} == {1}
     assert wer("He began a confused complaint against the wizard, who had vanished behind the curtain on the left.",

@@ -64,10 +64,9 @@ def test_batching_never_mixes_windows_of_different_files(media_dir, settings, tm
     paths = [media_dir / f for f in EXACT_ENGLISH]
     prepared = local.transcribe_files(settings, paths, tmp_path)  # normalized audio and windows
     from scribeline import media
-    from scribeline.transcription import AudioJob
 
-    jobs = [AudioJob(read=lambda s, e, a=media.open_audio(r.audio.path), g=r.audio.gain_db: media.read_samples(a, s, e, g),
-                     windows=r.windows) for r in prepared]
+    jobs = [stages.audio_job(settings, media.open_audio(r.audio.path), r.audio.gain_db, r.windows, r.info.sample_rate)
+            for r in prepared]
     together = fp32.transcribe(jobs)
     alone = [fp32.transcribe([job])[0] for job in jobs]
     assert [t.text for t in together] == [t.text for t in alone]

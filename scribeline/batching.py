@@ -1,10 +1,13 @@
 """Cross-file batching: transcription requests from concurrent tasks share model batches.
 
-Each media's transcribe task calls :func:`transcribe`. Callers that arrive while
-the model is busy queue up; the first waiting caller becomes the leader, takes
-every queued request and decodes all their windows as one batched job. So
-several files waiting in the same worker go through the model together, while
-each media keeps its own task (cache, retries, quarantine).
+Each media's transcribe task calls :meth:`BatchingQueue.transcribe` and blocks on
+its own future. The first request schedules a round on the model thread; the
+round waits while requests keep arriving (tasks of one flow wave start a few
+hundred ms apart), then decodes every queued request's windows as one batched
+job. Requests that arrive during a round go into the next one. So several files
+waiting in the same worker go through the model together, while each media
+keeps its own task (cache, retries, quarantine). Waiting callers sleep on their
+future: nothing polls while the model computes.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from scribeline.transcription import AudioJob, Transcriber, Transcript
+from scribeline.transcription import AudioJob, Transcriber, Transcript, submit_on_model_thread
 
-GATHER_QUIET_S = 0.2  # a leader decodes once no new caller arrived for this long...
+GATHER_QUIET_S = 0.2  # a round starts once no new request arrived for this long...
 GATHER_MAX_S = 2.0  # ...or after this long at most
 
 
@@ -32,28 +35,38 @@ class BatchingQueue:
         self.transcriber = transcriber
         self._pending: list[_Request] = []
         self._lock = threading.Lock()
-        self._busy = threading.Lock()  # held by the leader while it decodes
+        self._scheduled = False  # a round is queued on the model thread and has not taken its requests yet
         self.rounds: list[int] = []  # requests decoded together, per round (for logs and benchmarks)
 
     def transcribe(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
         request = _Request(jobs)
         with self._lock:
             self._pending.append(request)
-        while not request.future.done():
-            if self._busy.acquire(timeout=0.1):
-                try:
-                    if request.future.done():
-                        break
-                    self._gather()
-                    with self._lock:
-                        taken, self._pending = self._pending, []
-                    self._run(taken)
-                finally:
-                    self._busy.release()
+            if not self._scheduled:
+                self._scheduled = True
+                submit_on_model_thread(self._round)
         return request.future.result()
 
+    def _round(self) -> None:
+        taken: list[_Request] = []
+        try:
+            self._gather()
+            with self._lock:
+                taken, self._pending = self._pending, []
+                self._scheduled = False  # later requests schedule the next round
+            self._run(taken)
+        except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting forever
+            with self._lock:
+                if not taken:
+                    taken, self._pending = self._pending, []
+                    self._scheduled = False
+            for r in taken:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+            raise
+
     def _gather(self) -> None:
-        """Wait while callers keep arriving: tasks of one flow wave start a few hundred ms apart."""
+        """Wait while requests keep arriving."""
         deadline = time.monotonic() + GATHER_MAX_S
         while time.monotonic() < deadline:
             with self._lock:

@@ -1,0 +1,90 @@
+"""Cross-file batching: concurrent callers share one model round; one bad file fails only itself."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from scribeline import local, media, stages, transcription
+from scribeline.batching import BatchingQueue
+from tests.conftest import EXACT_ENGLISH
+
+
+@pytest.fixture(scope="module")
+def prepared(media_dir, settings, tmp_path_factory):
+    return local.transcribe_files(settings, [media_dir / f for f in EXACT_ENGLISH[:3]], tmp_path_factory.mktemp("batch"))
+
+
+def _job(settings, r):
+    return stages.audio_job(settings, media.open_audio(r.audio.path), r.audio.gain_db, r.windows, r.info.sample_rate)
+
+
+def _call_concurrently(queue, job_lists):
+    results: list = [None] * len(job_lists)
+
+    def call(i):
+        try:
+            results[i] = queue.transcribe(job_lists[i])
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(job_lists))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def test_concurrent_callers_are_decoded_in_one_round_on_the_model_thread(settings, prepared):
+    tr = stages.transcriber(settings)
+    queue = BatchingQueue(tr)
+    seen_threads = set()
+    original = tr._transcribe
+
+    def recording(jobs, progress):
+        seen_threads.add(threading.current_thread().name)
+        return original(jobs, progress)
+
+    tr._transcribe = recording  # observe which thread decodes; the decoding itself is the real one
+    try:
+        results = _call_concurrently(queue, [[_job(settings, r)] for r in prepared])
+    finally:
+        del tr._transcribe
+    assert queue.rounds == [len(prepared)]
+    assert seen_threads and all(n.startswith(transcription.MODEL_THREAD_NAME) for n in seen_threads)
+    for r, out in zip(prepared, results):
+        assert not isinstance(out, Exception), out
+        assert out[0].text == r.transcript.text  # each caller gets its own file's transcript
+        assert out[0].segments[0].start >= 0
+
+
+def test_a_failing_file_fails_only_its_own_caller(settings, prepared):
+    tr = stages.transcriber(settings)
+    queue = BatchingQueue(tr)
+    good = _job(settings, prepared[0])
+
+    def unreadable(start, end):  # a file whose samples cannot be read (e.g. truncated upload)
+        raise OSError("normalized audio is truncated")
+
+    bad = transcription.AudioJob(read=unreadable, windows=prepared[1].windows)
+    results = _call_concurrently(queue, [[good], [bad]])
+    assert isinstance(results[1], OSError)
+    assert not isinstance(results[0], Exception)
+    assert results[0][0].text.strip()
+    # The queue keeps serving after a failure.
+    again = queue.transcribe([good])
+    assert again[0].text == results[0][0].text
+
+
+def test_model_work_runs_on_one_thread_whichever_thread_asks():
+    names = set()
+    for _ in range(3):
+        t = threading.Thread(target=lambda: names.add(transcription.on_model_thread(lambda: threading.current_thread().name)))
+        t.start()
+        t.join()
+    names.add(transcription.on_model_thread(lambda: threading.current_thread().name))
+    assert len(names) == 1 and next(iter(names)).startswith(transcription.MODEL_THREAD_NAME)
+    # A call made on the model thread runs inline instead of waiting on itself.
+    assert transcription.on_model_thread(lambda: transcription.on_model_thread(lambda: 42)) == 42
+    assert transcription.on_model_thread(np.add, 2, 3) == 5

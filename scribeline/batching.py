@@ -1,13 +1,15 @@
-"""Cross-file batching: transcription requests from concurrent tasks share model batches.
+"""Coalescing: concurrent per-media calls served by one call over everything waiting.
 
-Each media's transcribe task calls :meth:`BatchingQueue.transcribe` and blocks on
-its own future. The first request schedules a round on the model thread; the
-round waits while requests keep arriving (tasks of one flow wave start a few
-hundred ms apart), then decodes every queued request's windows as one batched
-job. Requests that arrive during a round go into the next one. So several files
-waiting in the same worker go through the model together, while each media
-keeps its own task (cache, retries, quarantine). Waiting callers sleep on their
-future: nothing polls while the model computes.
+The flow runs each stage as a wave of per-media tasks on a thread pool. Some
+stages cost far less per item when done together: the model decodes windows of
+several files in one batch, and a Great Expectations run costs the same for one
+media's rows as for many. A :class:`Coalescer` lets each task keep its own call,
+cache, retries and quarantine while the work is done in rounds: the first caller
+starts a round, which waits while calls keep arriving (tasks of one wave start a
+few hundred ms apart) and then serves every waiting call at once. Calls that
+arrive during a round go into the next. Waiting callers sleep on their future;
+nothing polls. If a round fails as a whole, each of its items is retried alone,
+so a failure lands on the media that caused it.
 """
 
 from __future__ import annotations
@@ -16,87 +18,130 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Generic, Sequence, TypeVar
 
 from scribeline.transcription import AudioJob, Transcriber, Transcript, submit_on_model_thread
 
-GATHER_QUIET_S = 0.2  # a round starts once no new request arrived for this long...
+T = TypeVar("T")
+R = TypeVar("R")
+
+GATHER_QUIET_S = 0.2  # a transcription round starts once no new call arrived for this long...
 GATHER_MAX_S = 2.0  # ...or after this long at most
 
 
 @dataclass
-class _Request:
-    jobs: Sequence[AudioJob]
+class _Call(Generic[T]):
+    item: T
     future: Future = field(default_factory=Future)
 
 
-class BatchingQueue:
-    def __init__(self, transcriber: Transcriber):
-        self.transcriber = transcriber
-        self._pending: list[_Request] = []
+class Coalescer(Generic[T, R]):
+    """Serve concurrent ``call(item)`` with ``run_many(items)``, one round at a time.
+
+    ``run_many`` returns one result per item, in order; a result that is an
+    exception is raised to that item's caller only. ``submit`` runs rounds on
+    another thread (e.g. the model thread); by default the caller that starts a
+    round runs it, and keeps running rounds while calls are waiting.
+    """
+
+    def __init__(self, run_many: Callable[[list[T]], list[R]], quiet_s: float, max_wait_s: float,
+                 submit: Callable[[Callable[[], None]], object] | None = None):
+        self._run_many = run_many
+        self.quiet_s = quiet_s
+        self.max_wait_s = max_wait_s
+        self._submit = submit
+        self._pending: list[_Call[T]] = []
         self._lock = threading.Lock()
-        self._scheduled = False  # a round is queued on the model thread and has not taken its requests yet
-        self.rounds: list[int] = []  # requests decoded together, per round (for logs and benchmarks)
+        self._active = False  # a drain is scheduled or running
+        self.rounds: list[int] = []  # items served together, per round (for logs and benchmarks)
 
-    def transcribe(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
-        request = _Request(jobs)
+    def __call__(self, item: T) -> R:
+        call = _Call(item)
         with self._lock:
-            self._pending.append(request)
-            if not self._scheduled:
-                self._scheduled = True
-                submit_on_model_thread(self._round)
-        return request.future.result()
+            self._pending.append(call)
+            start, self._active = not self._active, True
+        if start:
+            if self._submit is not None:
+                self._submit(self._drain)
+            else:
+                self._drain()
+        return call.future.result()
 
-    def _round(self) -> None:
-        taken: list[_Request] = []
+    def _drain(self) -> None:
+        taken: list[_Call[T]] = []
         try:
-            self._gather()
-            with self._lock:
-                taken, self._pending = self._pending, []
-                self._scheduled = False  # later requests schedule the next round
-            self._run(taken)
-        except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting forever
-            with self._lock:
-                if not taken:
+            while True:
+                self._gather()
+                with self._lock:
                     taken, self._pending = self._pending, []
-                    self._scheduled = False
-            for r in taken:
-                if not r.future.done():
-                    r.future.set_exception(exc)
+                self._run(taken)
+                with self._lock:
+                    if not self._pending:
+                        self._active = False
+                        return
+        except BaseException as exc:  # never leave a caller waiting forever
+            with self._lock:
+                left, self._pending, self._active = taken + self._pending, [], False
+            for c in left:
+                if not c.future.done():
+                    c.future.set_exception(exc)
             raise
 
     def _gather(self) -> None:
-        """Wait while requests keep arriving."""
-        deadline = time.monotonic() + GATHER_MAX_S
+        deadline = time.monotonic() + self.max_wait_s
         while time.monotonic() < deadline:
             with self._lock:
                 seen = len(self._pending)
-            time.sleep(GATHER_QUIET_S)
+            time.sleep(self.quiet_s)
             with self._lock:
                 if len(self._pending) == seen:
                     return
 
-    def _run(self, requests: list[_Request]) -> None:
-        if not requests:
+    def _run(self, calls: list[_Call[T]]) -> None:
+        if not calls:
             return
-        self.rounds.append(len(requests))
-        flat = [job for r in requests for job in r.jobs]
+        self.rounds.append(len(calls))
         try:
-            results = self.transcriber.transcribe(flat)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not fail the others
-            if len(requests) == 1:
-                requests[0].future.set_exception(exc)
+            results = self._run_many([c.item for c in calls])
+        except Exception as exc:  # noqa: BLE001 - retried item by item below
+            if len(calls) == 1:
+                calls[0].future.set_exception(exc)
                 return
-            for r in requests:  # retry each alone so the failure lands where it belongs
+            results = []
+            for c in calls:
                 try:
-                    r.future.set_result(self.transcriber.transcribe(r.jobs))
+                    results.append(self._run_many([c.item])[0])
                 except Exception as single_exc:  # noqa: BLE001
-                    r.future.set_exception(single_exc)
-            return
-        i = 0
-        for r in requests:
-            r.future.set_result(results[i : i + len(r.jobs)])
-            i += len(r.jobs)
+                    results.append(single_exc)
+        for c, r in zip(calls, results):
+            if isinstance(r, BaseException):
+                c.future.set_exception(r)
+            else:
+                c.future.set_result(r)
+
+
+class BatchingQueue:
+    """Cross-file batching: the windows of every waiting media are decoded together, on the model thread."""
+
+    def __init__(self, transcriber: Transcriber):
+        self.transcriber = transcriber
+        self._coalescer: Coalescer[list[AudioJob], list[Transcript]] = Coalescer(
+            self._transcribe_many, GATHER_QUIET_S, GATHER_MAX_S, submit=submit_on_model_thread)
+
+    @property
+    def rounds(self) -> list[int]:
+        return self._coalescer.rounds
+
+    def transcribe(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
+        return self._coalescer(list(jobs))
+
+    def _transcribe_many(self, requests: list[list[AudioJob]]) -> list[list[Transcript]]:
+        results = self.transcriber.transcribe([job for jobs in requests for job in jobs])
+        out, i = [], 0
+        for jobs in requests:
+            out.append(results[i : i + len(jobs)])
+            i += len(jobs)
+        return out
 
 
 _queues: dict[int, BatchingQueue] = {}

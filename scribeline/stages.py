@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from scribeline import media, redaction, segmentation, storage, validation, warehouse
-from scribeline.batching import queue_for
+from scribeline.batching import Coalescer, queue_for
 from scribeline.config import PIPELINE_VERSION, Settings
 from scribeline.storage import ObjectRef
 from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, transcriber_for
@@ -156,8 +156,13 @@ def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:
 
 
 # ----------------------------------------------------------------- validate
+# A Great Expectations run costs about the same for one media as for a wave of them:
+# concurrent validate tasks are served together.
+_validations = Coalescer(validation.validate_many, quiet_s=0.05, max_wait_s=0.5)
+
+
 def validate(settings: Settings, transcript: dict, duration_s: float) -> dict:
-    report = validation.validate(Transcript.from_dict(transcript), duration_s)
+    report = _validations((Transcript.from_dict(transcript), duration_s))
     checks = [c.__dict__ for c in report.checks]
     if not report.passed:
         failed = "; ".join(f"{c.table}.{c.column}: {c.expectation} ({c.unexpected_count} of {c.element_count})"
@@ -209,10 +214,22 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
     return row, {"segments": segments, "words": words, "pii_entities": pii, "quality_checks": quality}
 
 
+def _load_many(items: list[tuple[Path, dict, dict]]) -> list:
+    out: dict[int, object] = {}
+    for path in dict.fromkeys(p for p, _, _ in items):
+        idx = [i for i, it in enumerate(items) if it[0] == path]
+        out.update(zip(idx, warehouse.load_many(path, [(items[i][1], items[i][2]) for i in idx])))
+    return [out[i] for i in range(len(items))]
+
+
+# Concurrent load tasks share one opening of the warehouse file (each media keeps its transaction).
+_loads = Coalescer(_load_many, quiet_s=0.05, max_wait_s=0.5)
+
+
 def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float) -> bool:
     """Write the media's rows in one transaction; False when they were already there."""
     row, tables = warehouse_rows(settings, ingested, segmented, redacted, checks, processing_s)
-    return warehouse.load(settings.warehouse, row, tables)
+    return _loads((settings.warehouse, row, tables))
 
 
 def already_loaded(settings: Settings, run_key: str) -> bool:

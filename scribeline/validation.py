@@ -14,6 +14,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import pandas as pd
 
@@ -50,40 +51,60 @@ class ValidationReport:
         return [c for c in self.checks if not c.success and c.severity == severity]
 
 
-def frames(transcript: Transcript) -> tuple[pd.DataFrame, pd.DataFrame]:
+def frames(transcripts: Sequence[tuple[Transcript, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment and word rows of several transcripts, keyed by ``item`` (their position).
+
+    Per-media facts become columns so one expectation serves every media at once:
+    ``media_end_s`` (the media's duration, plus 50 ms because word alignment rounds
+    to 20-ms frames) and ``prev_start_s`` (the previous segment's start in the same media).
+    """
     seg_rows, word_rows = [], []
-    for i, s in enumerate(transcript.segments):
-        seg_rows.append(dict(segment_index=i, start_s=s.start, end_s=s.end, text=s.text, avg_logprob=s.avg_logprob,
-                             no_speech_prob=s.no_speech_prob, compression_ratio=s.compression_ratio,
-                             channel=-1 if s.channel is None else s.channel))
-        for w in s.words:
-            word_rows.append(dict(segment_index=i, start_s=w.start, end_s=w.end, word=w.word, probability=w.probability))
-    seg_cols = ["segment_index", "start_s", "end_s", "text", "avg_logprob", "no_speech_prob", "compression_ratio", "channel"]
-    word_cols = ["segment_index", "start_s", "end_s", "word", "probability"]
-    return pd.DataFrame(seg_rows, columns=seg_cols), pd.DataFrame(word_rows, columns=word_cols)
+    for item, (transcript, duration_s) in enumerate(transcripts):
+        end = duration_s + 0.05
+        prev = None
+        for i, s in enumerate(transcript.segments):
+            seg_rows.append(dict(item=item, segment_index=i, start_s=s.start, end_s=s.end, text=s.text,
+                                 avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob,
+                                 compression_ratio=s.compression_ratio, channel=-1 if s.channel is None else s.channel,
+                                 media_end_s=end, prev_start_s=prev))
+            prev = s.start
+            for w in s.words:
+                word_rows.append(dict(item=item, segment_index=i, start_s=w.start, end_s=w.end, word=w.word,
+                                      probability=w.probability, media_end_s=end))
+    seg_cols = ["item", "segment_index", "start_s", "end_s", "text", "avg_logprob", "no_speech_prob",
+                "compression_ratio", "channel", "media_end_s", "prev_start_s"]
+    word_cols = ["item", "segment_index", "start_s", "end_s", "word", "probability", "media_end_s"]
+    segments = pd.DataFrame(seg_rows, columns=seg_cols)
+    segments["prev_start_s"] = segments["prev_start_s"].astype("float64")
+    return segments, pd.DataFrame(word_rows, columns=word_cols)
 
 
-def _suites(duration_s: float):
+def _suites():
+    """(severity, column reported to analysts, expectation) per table."""
     import great_expectations as gx
 
     E = gx.expectations
-    # Word alignment rounds to 20 ms frames: allow that much past the end.
-    end = duration_s + 0.05
+    inside_media = dict(column_A="media_end_s", or_equal=True)
     segments = [
-        ("critical", E.ExpectColumnValuesToNotBeNull(column="text")),
-        ("critical", E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)),
-        ("critical", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0, max_value=end)),
-        ("critical", E.ExpectColumnValuesToBeBetween(column="end_s", min_value=0, max_value=end)),
-        ("critical", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
-        ("critical", E.ExpectColumnValuesToBeIncreasing(column="start_s")),
-        ("warning", E.ExpectColumnValuesToBeBetween(column="avg_logprob", min_value=-1.0, max_value=0.0, mostly=0.9)),
-        ("warning", E.ExpectColumnValuesToBeBetween(column="no_speech_prob", min_value=0.0, max_value=1.0)),
-        ("warning", E.ExpectColumnValuesToBeBetween(column="compression_ratio", min_value=0.0, max_value=2.4, mostly=0.9)),
+        ("critical", "text", E.ExpectColumnValuesToNotBeNull(column="text")),
+        ("critical", "text", E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)),
+        ("critical", "start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
+        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
+        ("critical", "end_s", E.ExpectColumnValuesToBeBetween(column="end_s", min_value=0)),
+        ("critical", "end_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="end_s", **inside_media)),
+        ("critical", "end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
+        # Ordered within each media (the first segment has no predecessor).
+        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="start_s", column_B="prev_start_s", or_equal=True, ignore_row_if="either_value_is_missing")),
+        ("warning", "avg_logprob", E.ExpectColumnValuesToBeBetween(column="avg_logprob", min_value=-1.0, max_value=0.0, mostly=0.9)),
+        ("warning", "no_speech_prob", E.ExpectColumnValuesToBeBetween(column="no_speech_prob", min_value=0.0, max_value=1.0)),
+        ("warning", "compression_ratio", E.ExpectColumnValuesToBeBetween(column="compression_ratio", min_value=0.0, max_value=2.4, mostly=0.9)),
     ]
     words = [
-        ("critical", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0, max_value=end)),
-        ("critical", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
-        ("warning", E.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0)),
+        ("critical", "start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
+        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
+        ("critical", "end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
+        ("warning", "probability", E.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0)),
     ]
     return {"segments": segments, "words": words}
 
@@ -104,29 +125,61 @@ def _context():
     }
 
 
+def _missing(df: pd.DataFrame, kwargs: dict) -> pd.Series:
+    """Rows an expectation skips as missing, as GE counts them."""
+    if "column" in kwargs:
+        return df[kwargs["column"]].isna() if kwargs.get("type") != "expect_column_values_to_not_be_null" else pd.Series(False, index=df.index)
+    a, b = df[kwargs["column_A"]].isna(), df[kwargs["column_B"]].isna()
+    return (a | b) if kwargs.get("ignore_row_if") == "either_value_is_missing" else (a & b)
+
+
 def validate(transcript: Transcript, duration_s: float) -> ValidationReport:
+    return validate_many([(transcript, duration_s)])[0]
+
+
+def validate_many(transcripts: Sequence[tuple[Transcript, float]]) -> list[ValidationReport]:
+    """Validate several (transcript, media duration) pairs with one Great Expectations run per table.
+
+    A run costs about the same for one media's rows as for many, so the flow's
+    concurrent validate tasks are served together (see ``batching.Coalescer``).
+    Each media gets its own report: counts and success are computed from the
+    unexpected rows that belong to it, with each expectation's ``mostly``.
+    """
     import great_expectations as gx
 
-    dfs = dict(zip(("segments", "words"), frames(transcript)))
-    checks: list[CheckResult] = []
+    dfs = dict(zip(("segments", "words"), frames(transcripts)))
+    checks: list[list[CheckResult]] = [[] for _ in transcripts]
     with _lock:  # the ephemeral context is shared by the process's threads
         context, batch_defs = _context()
-        for table, expectations in _suites(duration_s).items():
+        for table, expectations in _suites().items():
+            df = dfs[table]
             suite = gx.ExpectationSuite(name=f"{table}-{threading.get_ident()}")
-            for sev, expectation in expectations:
-                expectation.meta = {"severity": sev}  # results come back in another order
+            for sev, column, expectation in expectations:
+                expectation.meta = {"severity": sev, "column": column}  # results come back in another order
                 suite.add_expectation(expectation)
-            batch = batch_defs[table].get_batch(batch_parameters={"dataframe": dfs[table]})
-            result = batch.validate(suite)
+            batch = batch_defs[table].get_batch(batch_parameters={"dataframe": df})
+            result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
             for r in result.results:
                 cfg = r.expectation_config
                 kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
-                column = kwargs.get("column") or ",".join(str(kwargs[k]) for k in ("column_A", "column_B") if kwargs.get(k))
-                res = r.result or {}
-                checks.append(CheckResult(
-                    table=table, expectation=cfg.type, column=column, severity=(cfg.meta or {}).get("severity", "critical"),
-                    success=bool(r.success), element_count=int(res.get("element_count") or len(dfs[table])),
-                    unexpected_count=int(res.get("unexpected_count") or 0),
-                    details=json.dumps({"kwargs": kwargs, "observed_value": res.get("observed_value")}, default=str),
-                ))
-    return ValidationReport(checks)
+                meta = cfg.meta or {}
+                missing = _missing(df, {**kwargs, "type": cfg.type})
+                unexpected_items = df.loc[list((r.result or {}).get("unexpected_index_list") or []), "item"]
+                info = r.exception_info or {}
+                if info.get("raised_exception") or any(isinstance(v, dict) and v.get("raised_exception") for v in info.values()):
+                    raise RuntimeError(f"{cfg.type} on {table} raised: {info}")
+                for item in range(len(transcripts)):
+                    rows = df["item"] == item
+                    element_count = int(rows.sum())
+                    unexpected = int((unexpected_items == item).sum())
+                    evaluated = element_count - int((missing & rows).sum())
+                    mostly = kwargs.get("mostly") or 1.0
+                    success = unexpected == 0 if mostly >= 1.0 else (
+                        evaluated == 0 or (evaluated - unexpected) / evaluated >= mostly)
+                    checks[item].append(CheckResult(
+                        table=table, expectation=cfg.type, column=meta.get("column", kwargs.get("column", "")),
+                        severity=meta.get("severity", "critical"), success=success, element_count=element_count,
+                        unexpected_count=unexpected,
+                        details=json.dumps({"kwargs": kwargs, "evaluated": evaluated}, default=str),
+                    ))
+    return [ValidationReport(c) for c in checks]

@@ -13,6 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 import duckdb
 import pandas as pd
@@ -172,21 +173,44 @@ def contains(path: Path, media_id: str) -> bool:
 
 def load(path: Path, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
     """Insert one media and its child rows atomically. False when it was already there."""
+    result = load_many(path, [(media_row, tables)])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def load_many(path: Path, items: Sequence[tuple[dict, dict[str, pd.DataFrame]]]) -> list[bool | Exception]:
+    """Insert several media through one connection, each in its own transaction.
+
+    Opening and closing the file costs more than a small media's rows, so the
+    flow's concurrent load tasks are served together. One media's failure is
+    returned in its place and does not touch the others.
+    """
+    out: list[bool | Exception] = []
     with writer(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if has_media(con, media_row["media_id"]):
-                con.execute("ROLLBACK")
-                return False
-            _insert(con, "media", pd.DataFrame([media_row]))
-            for name, frame in tables.items():
-                if len(frame):
-                    _insert(con, name, frame)
-            con.execute("COMMIT")
-            return True
-        except Exception:
+        for media_row, tables in items:
+            try:
+                out.append(_load_one(con, media_row, tables))
+            except Exception as exc:  # noqa: BLE001 - reported to that media's caller
+                out.append(exc)
+    return out
+
+
+def _load_one(con: duckdb.DuckDBPyConnection, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if has_media(con, media_row["media_id"]):
             con.execute("ROLLBACK")
-            raise
+            return False
+        _insert(con, "media", pd.DataFrame([media_row]))
+        for name, frame in tables.items():
+            if len(frame):
+                _insert(con, name, frame)
+        con.execute("COMMIT")
+        return True
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 def record_quarantine(path: Path, row: dict) -> None:

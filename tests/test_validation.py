@@ -1,7 +1,7 @@
 from dataclasses import replace
 
 from scribeline.transcription import Segment, Transcript, Word
-from scribeline.validation import validate
+from scribeline.validation import validate, validate_many
 
 
 def _t(*segs):
@@ -39,3 +39,23 @@ def test_low_confidence_is_a_warning_not_a_failure():
 
 def test_empty_transcript_passes_structurally():
     assert validate(_t(), duration_s=10.0).passed
+
+
+def test_media_validated_together_get_their_own_verdicts():
+    sound = _t(_seg(0.0, 1.0), _seg(1.5, 2.5))
+    past_end = _t(_seg(0.0, 1.0), _seg(2.0, 9.0))  # fine for a 10-s media, not for a 3-s one
+    unordered = _t(_seg(2.0, 2.5), _seg(0.0, 1.0))
+    unsure = _t(*[_seg(i, i + 0.5, logprob=-2.5) for i in range(3)])
+    reports = validate_many([(sound, 3.0), (past_end, 3.0), (past_end, 10.0), (unordered, 3.0), (unsure, 5.0), (_t(), 1.0)])
+    assert [r.passed for r in reports] == [True, False, True, False, True, True]
+    assert [r.quality_ok for r in reports] == [True, False, True, False, False, True]
+    assert {(c.table, c.column) for c in reports[1].failures()} == {("segments", "end_s")}
+    assert ("segments", "start_s") in {(c.table, c.column) for c in reports[3].failures()}
+    # Counts are per media, not over the combined rows.
+    logprob = next(c for c in reports[4].checks if c.column == "avg_logprob")
+    assert (logprob.element_count, logprob.unexpected_count) == (3, 3)
+    assert all(c.element_count == 0 for c in reports[5].checks)
+    # The same verdicts as validating each alone.
+    singles = [validate(t, d) for t, d in [(sound, 3.0), (past_end, 3.0), (past_end, 10.0), (unordered, 3.0), (unsure, 5.0), (_t(), 1.0)]]
+    assert [[(c.column, c.success, c.unexpected_count) for c in r.checks] for r in reports] == \
+           [[(c.column, c.success, c.unexpected_count) for c in r.checks] for r in singles]

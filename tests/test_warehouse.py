@@ -33,6 +33,19 @@ def test_loading_the_same_media_twice_adds_nothing(tmp_path):
     assert before["media"] == 1 and before["segments"] == 2 and before["words"] == 2
 
 
+
+def test_media_loaded_together_keep_their_own_transactions(tmp_path):
+    path = tmp_path / "w.duckdb"
+    bad_row, bad_tables = _rows("m2")
+    bad_tables["words"] = pd.concat([bad_tables["words"], bad_tables["words"]])  # duplicate primary key
+    warehouse.load(path, *_rows("m0"))
+    results = warehouse.load_many(path, [_rows("m1"), (bad_row, bad_tables), _rows("m0"), _rows("m3")])
+    assert results[0] is True and results[2] is False and results[3] is True
+    assert isinstance(results[1], duckdb.Error)
+    ids = set(warehouse.query(path, "select media_id from media")["media_id"])
+    assert ids == {"m0", "m1", "m3"}  # nothing of m2, nothing doubled
+    assert warehouse.row_counts(path)["words"] == 6
+
 def test_transcripts_view_joins_segments_in_time_order(tmp_path):
     path = tmp_path / "w.duckdb"
     warehouse.load(path, *_rows())

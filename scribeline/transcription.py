@@ -270,7 +270,12 @@ def default_batch_size(device: str) -> int:
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         # ~350 MiB per window covers large-v3 in fp16 with a 224-token KV cache.
         return int(max(4, min(64, free // (350 * 2**20))))
-    return 8
+    # On a CPU the decoder's per-step cost is mostly fixed overhead, so 16 windows per
+    # batch decode faster than 8; the encoder runs them 8 at a time (ENCODE_CHUNK_CPU).
+    return 16
+
+
+ENCODE_CHUNK_CPU = 8  # measured: 16 windows through the encoder at once ran slower than 2 × 8 (cache)
 
 
 class _GroupedDecodingTask(whisper.decoding.DecodingTask):
@@ -413,7 +418,8 @@ class Transcriber:
             with self._timed("read"):
                 samples = [jobs[j].read(w.start, w.end) for j, w in batch]
             with self._timed("encode"):
-                features = self._encode(samples)
+                step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
+                features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
             for (language, beam), idx in groups.items():
                 sub = features[idx]
                 with self._timed("decode"):

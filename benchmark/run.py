@@ -1,6 +1,6 @@
 """Speed and accuracy benchmark: openai-whisper's transcribe() against scribeline, on the same audio and model.
 
-    .venv/bin/python -m benchmark.run [--minutes 10] [--model PATH|NAME] [--device cpu|cuda]
+    .venv/bin/python -m benchmark.run [--minutes 10] [--model PATH|NAME] [--device cpu|cuda] [--repeat 3]
 
 One command runs three phases, each in its own process so that each reports its
 own peak memory, on the same files and weights:
@@ -11,7 +11,10 @@ own peak memory, on the same files and weights:
 
 Model loading (and, for the pipeline, loading Presidio's and Great Expectations'
 engines, and starting the servers) happens before the clock starts: it is a cost
-per worker process, not per file. Prints a table and writes it as JSON.
+per worker process, not per file. Prints a table and writes it as JSON. With
+``--repeat N`` the phases run N times in turn and the table gives medians: on a
+shared machine one phase's wall time moves by ±15 % between runs, so speed-ups
+are taken as ratios within each repetition.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,12 +165,41 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def _run_phase_process(phase: str, args, spec_path: Path) -> dict | None:
+    """One phase in a fresh process with its own data directory; prints its waves and timings."""
+    data = Path(tempfile.mkdtemp(prefix=f"bench-{phase}-"))
+    env = dict(os.environ, SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_MODEL=args.model, SCRIBELINE_DEVICE=args.device,
+               SCRIBELINE_EMBEDDED_S3_PORT=os.environ.get("SCRIBELINE_EMBEDDED_S3_PORT", "18433"),
+               DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(data / "prefect"),
+               TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", GX_ANALYTICS_ENABLED="false", TQDM_DISABLE="1")
+    env.pop("PREFECT_API_URL", None)
+    result_path = data / "result.json"
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmark.run", "--phase", phase, "--items", str(spec_path),
+                           "--result", str(result_path)], env=env, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{phase} failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+        return None
+    result = json.loads(result_path.read_text())
+    lines = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if " media in " in line]
+    timed_run = lines[-1].split("Flow run ", 1)[-1].split(" - ", 1)[0] if lines else ""
+    waves = [line.split(" - ", 1)[-1] for line in lines if timed_run in line]  # the timed run's, not the warm-up's
+    if waves:
+        print("    stage waves: " + "; ".join(waves))
+    if "transcriber_s" in result:
+        print("    transcriber: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["transcriber_s"].items())
+              + (f"; media per batching round {result['batch_rounds']}" if "batch_rounds" in result else ""))
+    print(f"  {phase}: {result['wall_s']:.1f} s (process total {time.perf_counter() - t0:.0f} s)", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="scribeline speed/accuracy benchmark")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the long-form file")
     p.add_argument("--model", default=_default_model())
     p.add_argument("--device", default="cpu")
     p.add_argument("--phases", default=",".join(PHASES))
+    p.add_argument("--repeat", type=int, default=1, help="run the phases this many times, alternating; report medians")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scribeline-benchmark"))
     p.add_argument("--output", default=str(ROOT / "benchmark" / "results.json"))
     p.add_argument("--phase", help=argparse.SUPPRESS)
@@ -189,51 +222,50 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(bench_items)} files, {seconds:.0f} s of audio; model {args.model} on {args.device}")
     print(f"machine: {machine()}\n")
 
-    results = {}
-    for phase in args.phases.split(","):
-        data = Path(tempfile.mkdtemp(prefix=f"bench-{phase}-"))
-        env = dict(os.environ, SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_MODEL=args.model, SCRIBELINE_DEVICE=args.device,
-                   SCRIBELINE_EMBEDDED_S3_PORT=os.environ.get("SCRIBELINE_EMBEDDED_S3_PORT", "18433"),
-                   DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(data / "prefect"),
-                   TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", GX_ANALYTICS_ENABLED="false", TQDM_DISABLE="1")
-        env.pop("PREFECT_API_URL", None)
-        result_path = data / "result.json"
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "benchmark.run", "--phase", phase, "--items", str(spec_path),
-                               "--result", str(result_path)], env=env, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{phase} failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
-            return 1
-        results[phase] = json.loads(result_path.read_text())
-        lines = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if " media in " in line]
-        timed_run = lines[-1].split("Flow run ", 1)[-1].split(" - ", 1)[0] if lines else ""
-        waves = [line.split(" - ", 1)[-1] for line in lines if timed_run in line]  # the timed run's, not the warm-up's
-        if waves:
-            print("    stage waves: " + "; ".join(waves))
-        if "transcriber_s" in results[phase]:
-            print("    transcriber: " + ", ".join(f"{k} {v:.1f} s" for k, v in results[phase]["transcriber_s"].items())
-                  + (f"; media per batching round {results[phase]['batch_rounds']}" if "batch_rounds" in results[phase] else ""))
-        print(f"  {phase}: {results[phase]['wall_s']:.1f} s (process total {time.perf_counter() - t0:.0f} s)", flush=True)
+    phases = args.phases.split(",")
+    runs: list[dict] = []  # one dict per repetition: phase -> result
+    for rep in range(args.repeat):
+        if args.repeat > 1:
+            print(f"repetition {rep + 1} of {args.repeat}")
+        results = {}
+        for phase in phases:
+            results[phase] = _run_phase_process(phase, args, spec_path)
+            if results[phase] is None:
+                return 1
+        runs.append(results)
 
     refs = [i.reference for i in bench_items]
     langs = [i.language for i in bench_items]
-    base_wall = results.get("baseline", {}).get("wall_s")
     rows = []
-    for phase, r in results.items():
+    for phase in phases:
+        walls = [r[phase]["wall_s"] for r in runs]
+        # Speed-up and pipeline/stage are ratios within one repetition (same machine state), then the median.
+        speedups = [r["baseline"]["wall_s"] / r[phase]["wall_s"] for r in runs] if "baseline" in phases else []
         rows.append({
-            "phase": phase, "audio_s": round(seconds, 1), "wall_s": round(r["wall_s"], 2),
-            "realtime_x": round(seconds / r["wall_s"], 1), "speedup": round(base_wall / r["wall_s"], 2) if base_wall else None,
-            "wer": round(corpus_wer(refs, r["texts"], langs) or 0.0, 4), "peak_mib": round(r["peak_mib"]),
+            "phase": phase, "audio_s": round(seconds, 1), "wall_s": round(statistics.median(walls), 2),
+            "wall_s_range": [round(min(walls), 2), round(max(walls), 2)],
+            "realtime_x": round(seconds / statistics.median(walls), 1),
+            "speedup": round(statistics.median(speedups), 2) if speedups else None,
+            "speedup_range": [round(min(speedups), 2), round(max(speedups), 2)] if speedups else None,
+            "wer": round(corpus_wer(refs, runs[-1][phase]["texts"], langs) or 0.0, 4),
+            "peak_mib": round(max(r[phase]["peak_mib"] for r in runs)),
         })
-    print("\n| phase | audio s | wall s | × realtime | speed-up vs baseline | WER | peak memory MiB |")
+    print(f"\n{args.repeat} repetition(s); wall time and speed-up are medians (range in brackets)")
+    print("| phase | audio s | wall s | × realtime | speed-up vs baseline | WER | peak memory MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['phase']} | {row['audio_s']} | {row['wall_s']} | {row['realtime_x']} | "
-              f"{row['speedup'] if row['speedup'] is not None else '-'} | {row['wer'] * 100:.2f} % | {row['peak_mib']} |")
-    if "stage" in results and "pipeline" in results:
-        print(f"\npipeline / stage wall time: {results['pipeline']['wall_s'] / results['stage']['wall_s']:.2f}")
+        wall = f"{row['wall_s']}" + (f" [{row['wall_s_range'][0]}–{row['wall_s_range'][1]}]" if args.repeat > 1 else "")
+        speed = "-" if row["speedup"] is None else f"{row['speedup']}" + (
+            f" [{row['speedup_range'][0]}–{row['speedup_range'][1]}]" if args.repeat > 1 else "")
+        print(f"| {row['phase']} | {row['audio_s']} | {wall} | {row['realtime_x']} | {speed} | {row['wer'] * 100:.2f} % | {row['peak_mib']} |")
+    overhead = None
+    if "stage" in phases and "pipeline" in phases:
+        ratios = [r["pipeline"]["wall_s"] / r["stage"]["wall_s"] for r in runs]
+        overhead = {"median": round(statistics.median(ratios), 2), "per_repetition": [round(x, 2) for x in ratios]}
+        print(f"\npipeline / stage wall time: median {overhead['median']} (per repetition: {overhead['per_repetition']})")
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "device": args.device,
-                                             "files": [str(i.path.name) for i in bench_items], "rows": rows}, indent=2))
+                                             "repetitions": args.repeat, "files": [str(i.path.name) for i in bench_items],
+                                             "rows": rows, "pipeline_over_stage": overhead}, indent=2))
     return 0
 
 

@@ -1,9 +1,10 @@
 """The main flow: everything waiting in the incoming bucket becomes warehouse rows or a quarantine record.
 
 The flow only orchestrates. Stages run as waves over all waiting media: every
-media's ingest, then every media's normalize, and so on. In the transcribe wave
-all media are in flight together, so the worker's model decodes their windows
-in shared batches. A media that fails a stage leaves the waves and is
+media's ingest, then every media's normalize, and so on (validation and
+redaction, which both only read the transcript, share a wave). In the transcribe
+wave all media are in flight together, so the worker's model decodes their
+windows in shared batches; validation and loading are coalesced the same way. A media that fails a stage leaves the waves and is
 quarantined with the stage, the error and the number of attempts; the others go on.
 """
 
@@ -52,26 +53,35 @@ def _attempts(future) -> int:
         return 1
 
 
-def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
-    """Submit one stage for every live media, wait, and quarantine the failures."""
+def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
+    """Submit the given stages for every live media, wait, and quarantine the failures.
+
+    Stages in one wave must not depend on each other (validate and redact both read
+    the transcript); they run side by side. A media that fails any of them is
+    quarantined with the first failed stage in the order given.
+    """
     live = [m for m in items if not m.failed and m.outcome is None]
     if not live:
         return
     started = time.perf_counter()
-    futures = [(m, submit(m)) for m in live]
-    for m, fut in futures:
+    futures = [(m, name, submit(m)) for name, submit in stages_.items() for m in live]
+    failures: dict[int, tuple] = {}
+    for m, name, fut in futures:
         fut.wait()
-        state = fut.state
-        if state.is_completed():
+        if fut.state.is_completed():
             m.results[name] = fut.result()
             continue
+        if id(m) in failures:
+            continue  # an earlier stage of this wave already failed for this media
         try:
             fut.result(raise_on_failure=True)
-            error, stage = f"{name} ended in state {state.name}", name
+            error, stage = f"{name} ended in state {fut.state.name}", name
         except stages.StageError as exc:
             error, stage = stages.describe(exc), exc.stage
         except BaseException as exc:  # noqa: BLE001 - any failure quarantines this media only
             error, stage = stages.describe(exc), name
+        failures[id(m)] = (m, stage, error, fut)
+    for m, stage, error, fut in failures.values():
         m.failed = True
         ingested = m.results.get("ingest", {})
         record = quarantine(m.ref, stage, error, _attempts(fut), ingested.get("sha256"), m.run_key)
@@ -80,10 +90,10 @@ def _wave(name: str, items: list[_Media], submit, settings: Settings) -> None:
             "quarantine_record": f"s3://{settings.bucket_quarantine}/{record['record_key']}",
             "seconds": round(time.monotonic() - m.started, 2),
         }
-    get_run_logger().info("%s: %d media in %.2f s", name, len(live), time.perf_counter() - started)
+    get_run_logger().info("%s: %d media in %.2f s", "+".join(stages_), len(live), time.perf_counter() - started)
 
 
-@flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=8),
+@flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=16),
       flow_run_name=lambda: f"incoming-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}", validate_parameters=True)
 def process_incoming(max_objects: int = 0) -> list[dict]:
     """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run)."""
@@ -100,23 +110,24 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
 
-    _wave("ingest", items, lambda m: ingest.submit(m.ref), settings)
+    _wave({"ingest": lambda m: ingest.submit(m.ref)}, items, settings)
     for m in items:  # a media already in the warehouse needs no work: archive it
         if not m.failed and stages.already_loaded(settings, m.run_key):
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
-    _wave("normalize", items, lambda m: normalize.submit(m.run_key, m.results["ingest"]), settings)
-    _wave("segment", items, lambda m: segment.submit(m.run_key, m.results["normalize"]), settings)
-    _wave("transcribe", items, lambda m: transcribe.submit(m.run_key, m.results["segment"]), settings)
-    _wave("validate", items, lambda m: validate.submit(m.run_key, m.results["transcribe"], m.results["segment"]["duration_s"]), settings)
-    _wave("redact", items, lambda m: redact.submit(m.run_key, m.results["transcribe"]), settings)
+    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"])}, items, settings)
+    _wave({"segment": lambda m: segment.submit(m.run_key, m.results["normalize"])}, items, settings)
+    _wave({"transcribe": lambda m: transcribe.submit(m.run_key, m.results["segment"])}, items, settings)
+    # Validation and redaction both read the transcript: one wave, side by side.
+    _wave({"validate": lambda m: validate.submit(m.run_key, m.results["transcribe"], m.results["segment"]["duration_s"]),
+           "redact": lambda m: redact.submit(m.run_key, m.results["transcribe"])}, items, settings)
     for m in items:
         if m.failed or m.outcome is not None:
             continue
         m.results["processing_s"] = time.monotonic() - m.started
-    _wave("load", items, lambda m: load.submit(m.run_key, m.results["ingest"], m.results["segment"],
-                                                  m.results["redact"], m.results["validate"], m.results["processing_s"]), settings)
-    _wave("archive", items, lambda m: archive.submit(m.run_key, m.results["ingest"]), settings)
+    _wave({"load": lambda m: load.submit(m.run_key, m.results["ingest"], m.results["segment"], m.results["redact"],
+                                         m.results["validate"], m.results["processing_s"])}, items, settings)
+    _wave({"archive": lambda m: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
     for m in items:
         if m.outcome is None:
             m.outcome = _processed(m, settings, note="" if m.results.get("load") else "already in the warehouse; nothing added")

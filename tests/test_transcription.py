@@ -76,3 +76,22 @@ def test_batching_never_mixes_windows_of_different_files(media_dir, settings, tm
 
 def test_english_only_model_reports_english(english):
     assert {r.transcript.language for r in english.values()} == {"en"}
+
+
+def test_fast_median_filter_matches_whispers_exactly():
+    import itertools
+
+    import torch
+    from whisper.timing import median_filter as current
+
+    from scribeline import transcription
+
+    whispers = transcription._whisper_median_filter
+    assert current is transcription.median_filter  # what whisper's alignment now calls
+    # Every 0/1 input proves the network sorts (0-1 principle); then real-valued data.
+    bits = torch.tensor(list(itertools.product([0.0, 1.0], repeat=7)))[:, None, :]
+    assert torch.equal(transcription.median_filter(bits, 7), whispers(bits, 7))
+    x = torch.randn(6, 90, 751)
+    assert torch.equal(transcription.median_filter(x, 7), whispers(x, 7))
+    y = torch.randn(2, 3, 40)
+    assert torch.equal(transcription.median_filter(y, 5), whispers(y, 5))  # other widths: whisper's own

@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
-from scribeline.transcription import AudioJob, Transcriber, Transcript, submit_on_model_thread
+from scribeline.model_thread import submit_on_model_thread
+from scribeline.transcription import AudioJob, Transcriber, Transcript
 
 T = TypeVar("T")
 R = TypeVar("R")

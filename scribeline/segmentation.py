@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from scribeline.media import SAMPLE_RATE, read_samples
+from scribeline.model_thread import on_model_thread
 
 PAD_S = 0.2  # context kept around speech at window edges
 
@@ -96,7 +97,8 @@ def speech_probabilities(audio: np.ndarray, gain_db: float = 0.0) -> np.ndarray:
     """Per-512-sample-frame speech probability over the whole file."""
     if audio.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
-    return _vad_model().audio_forward(_GainView(audio, gain_db), sampling_rate=SAMPLE_RATE)
+    # silero wraps its ONNX calls in torch ops: they run on the model thread like all torch work.
+    return on_model_thread(lambda: _vad_model().audio_forward(_GainView(audio, gain_db), sampling_rate=SAMPLE_RATE))
 
 
 def speech_spans(probs: np.ndarray, num_samples: int, opts: SegmentationOptions) -> list[Span]:

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
 from scribeline.media import SAMPLE_RATE
+from scribeline.model_thread import on_model_thread
 from scribeline.segmentation import Window
 
 log = logging.getLogger(__name__)
@@ -118,27 +118,6 @@ _models_lock = threading.Lock()
 # whisper.decode installs KV-cache hooks on the model itself: two decodes at once on
 # one model corrupt each other's caches. One lock per loaded model serializes them.
 _decode_locks: dict[int, threading.Lock] = {}
-
-
-# Every torch call of the process runs on this one thread. torch's CPU build uses GNU
-# OpenMP, which gives each calling thread its own team of workers; once there are
-# more OpenMP threads than cores, workers stop spin-waiting between parallel regions
-# and every small op pays a wake-up. Measured on 2 cores: the same batched decode
-# took 40 % longer from a second thread (a Prefect task thread) than from the first.
-MODEL_THREAD_NAME = "scribeline-model"
-_model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_NAME)
-
-
-def on_model_thread(fn: Callable, *args, **kwargs):
-    """Run ``fn`` on the process's model thread and return its result (or raise its error)."""
-    if threading.current_thread().name.startswith(MODEL_THREAD_NAME):
-        return fn(*args, **kwargs)
-    return _model_thread.submit(fn, *args, **kwargs).result()
-
-
-def submit_on_model_thread(fn: Callable, *args, **kwargs) -> Future:
-    """Queue ``fn`` on the model thread without waiting for it."""
-    return _model_thread.submit(fn, *args, **kwargs)
 
 
 def decode_lock(model) -> threading.Lock:

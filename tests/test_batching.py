@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from scribeline import local, media, stages, transcription
+from scribeline import local, media, model_thread, stages, transcription
 from scribeline.batching import BatchingQueue
 from tests.conftest import EXACT_ENGLISH
 
@@ -52,7 +52,7 @@ def test_concurrent_callers_are_decoded_in_one_round_on_the_model_thread(setting
     finally:
         del tr._transcribe
     assert queue.rounds == [len(prepared)]
-    assert seen_threads and all(n.startswith(transcription.MODEL_THREAD_NAME) for n in seen_threads)
+    assert seen_threads and all(n.startswith(model_thread.MODEL_THREAD_NAME) for n in seen_threads)
     for r, out in zip(prepared, results):
         assert not isinstance(out, Exception), out
         assert out[0].text == r.transcript.text  # each caller gets its own file's transcript
@@ -77,14 +77,32 @@ def test_a_failing_file_fails_only_its_own_caller(settings, prepared):
     assert again[0].text == results[0][0].text
 
 
-def test_model_work_runs_on_one_thread_whichever_thread_asks():
+def test_model_work_runs_on_one_thread_whichever_thread_asks(settings, media_dir):
     names = set()
     for _ in range(3):
-        t = threading.Thread(target=lambda: names.add(transcription.on_model_thread(lambda: threading.current_thread().name)))
+        t = threading.Thread(target=lambda: names.add(model_thread.on_model_thread(lambda: threading.current_thread().name)))
         t.start()
         t.join()
-    names.add(transcription.on_model_thread(lambda: threading.current_thread().name))
-    assert len(names) == 1 and next(iter(names)).startswith(transcription.MODEL_THREAD_NAME)
+    names.add(model_thread.on_model_thread(lambda: threading.current_thread().name))
+    assert len(names) == 1 and next(iter(names)).startswith(model_thread.MODEL_THREAD_NAME)
     # A call made on the model thread runs inline instead of waiting on itself.
-    assert transcription.on_model_thread(lambda: transcription.on_model_thread(lambda: 42)) == 42
-    assert transcription.on_model_thread(np.add, 2, 3) == 5
+    assert model_thread.on_model_thread(lambda: model_thread.on_model_thread(lambda: 42)) == 42
+    assert model_thread.on_model_thread(np.add, 2, 3) == 5
+
+
+def test_vad_runs_on_the_model_thread(media_dir, settings, tmp_path):
+    from scribeline import segmentation
+
+    seen = set()
+    original = segmentation._vad_model
+
+    def recording():
+        seen.add(threading.current_thread().name)
+        return original()
+
+    segmentation._vad_model = recording  # observe the thread; the VAD itself is the real one
+    try:
+        r = local.transcribe_files(settings, [media_dir / "en_jfk.flac"], tmp_path)[0]
+    finally:
+        segmentation._vad_model = original
+    assert r.windows and seen and all(n.startswith(model_thread.MODEL_THREAD_NAME) for n in seen)

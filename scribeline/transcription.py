@@ -115,14 +115,6 @@ class AudioJob:
 # --------------------------------------------------------------------- model
 _models: dict[tuple[str, str], "whisper.Whisper"] = {}
 _models_lock = threading.Lock()
-# whisper.decode installs KV-cache hooks on the model itself: two decodes at once on
-# one model corrupt each other's caches. One lock per loaded model serializes them.
-_decode_locks: dict[int, threading.Lock] = {}
-
-
-def decode_lock(model) -> threading.Lock:
-    with _models_lock:
-        return _decode_locks.setdefault(id(model), threading.Lock())
 
 
 def cpu_threads() -> int:
@@ -399,15 +391,16 @@ class Transcriber:
         return not r.text.strip() or (r.no_speech_prob > o.no_speech_threshold and r.avg_logprob < o.logprob_threshold)
 
     def transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None = None) -> list[Transcript]:
-        return on_model_thread(self._transcribe_locked, jobs, progress)
+        # On the model thread, so decodes never overlap: whisper.decode installs KV-cache
+        # hooks on the model itself, and two decodes at once corrupt each other's caches.
+        return on_model_thread(self._transcribe_on_model_thread, jobs, progress)
 
-    def _transcribe_locked(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
-        with decode_lock(self.model):
-            if self.device == "cpu":
-                # OpenMP's thread count is per calling thread: set it on the model thread
-                # (silero-vad's import sets 1 for the thread that imports it).
-                torch.set_num_threads(cpu_threads())
-            return self._transcribe(jobs, progress)
+    def _transcribe_on_model_thread(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
+        if self.device == "cpu":
+            # OpenMP's thread count is per calling thread (silero-vad's import sets 1 for
+            # the thread that imports it, which is this one).
+            torch.set_num_threads(cpu_threads())
+        return self._transcribe(jobs, progress)
 
     @torch.no_grad()
     def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:

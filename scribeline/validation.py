@@ -125,10 +125,12 @@ def _context():
     }
 
 
-def _missing(df: pd.DataFrame, kwargs: dict) -> pd.Series:
-    """Rows an expectation skips as missing, as GE counts them."""
+def _missing(df: pd.DataFrame, expectation_type: str, kwargs: dict) -> pd.Series:
+    """Rows an expectation skips as missing, as GE counts them (for not-null, nulls are the failures)."""
+    if expectation_type == "expect_column_values_to_not_be_null":
+        return pd.Series(False, index=df.index)
     if "column" in kwargs:
-        return df[kwargs["column"]].isna() if kwargs.get("type") != "expect_column_values_to_not_be_null" else pd.Series(False, index=df.index)
+        return df[kwargs["column"]].isna()
     a, b = df[kwargs["column_A"]].isna(), df[kwargs["column_B"]].isna()
     return (a | b) if kwargs.get("ignore_row_if") == "either_value_is_missing" else (a & b)
 
@@ -163,7 +165,7 @@ def validate_many(transcripts: Sequence[tuple[Transcript, float]]) -> list[Valid
                 cfg = r.expectation_config
                 kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
                 meta = cfg.meta or {}
-                missing = _missing(df, {**kwargs, "type": cfg.type})
+                missing = _missing(df, cfg.type, kwargs)
                 unexpected_items = df.loc[list((r.result or {}).get("unexpected_index_list") or []), "item"]
                 info = r.exception_info or {}
                 if info.get("raised_exception") or any(isinstance(v, dict) and v.get("raised_exception") for v in info.values()):

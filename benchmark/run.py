@@ -83,7 +83,7 @@ def phase_stage(paths: list[Path], model_spec: str, device: str) -> dict:
 
 def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
     # Prefect's ephemeral API, as `scribeline run` uses with nothing started.
-    from scribeline import redaction, services, stages, storage, validation, warehouse
+    from scribeline import samples, services, stages, storage, warehouse
     from scribeline.config import Settings
 
     settings = Settings.from_env()
@@ -97,14 +97,9 @@ def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
         # the whole flow starts the ephemeral API, loads the model and the Presidio and Great
         # Expectations engines, creates the warehouse, and lets the S3 server allocate storage
         # for each bucket (SeaweedFS does that on a bucket's first write).
-        from scribeline import samples
-
         warm = samples.synthesize(data / "warm-up")[0]
         storage.upload_file(settings, warm, key=f"warm-up/{warm.name}")
         process_incoming()
-        stages.transcriber(settings)
-        redaction.analyzer()
-        validation._context()
         for i, p in enumerate(paths):
             storage.upload_file(settings, p, key=keys[i])
         start = time.perf_counter()

@@ -4,8 +4,9 @@ The flow only orchestrates. Stages run as waves over all waiting media: every
 media's ingest, then every media's normalize, and so on (validation and
 redaction, which both only read the transcript, share a wave). In the transcribe
 wave all media are in flight together, so the worker's model decodes their
-windows in shared batches; validation and loading are coalesced the same way. A media that fails a stage leaves the waves and is
-quarantined with the stage, the error and the number of attempts; the others go on.
+windows in shared batches; validation and loading are coalesced the same way.
+A media that fails a stage leaves the waves and is quarantined with the stage,
+the error and the number of attempts; the others go on.
 """
 
 from __future__ import annotations

@@ -195,6 +195,43 @@ class _Int8LogitsTextDecoder(whisper.model.TextDecoder):
         return self.logits_proj(x).float()
 
 
+class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
+    """whisper's cross-attention, with the audio keys and values laid out once per decode.
+
+    While decoding, every step attends from one new token to all 1,500 encoder states
+    of every window in the batch. whisper re-permutes the cached keys and values for
+    each step and runs scaled_dot_product_attention, whose CPU kernel is slow for a
+    single query (and slower still in bfloat16). Here they are permuted, scaled and
+    cast once (bfloat16 where the CPU computes it natively: half the memory read per
+    step) and each step is two batched matrix products. Measured on 2 cores, batch of
+    16 windows: 3.5 ms -> 2.0 ms per layer and step. Alignment, which needs the
+    attention weights, and calls without a cache take whisper's own path.
+    """
+
+    prepared_dtype: torch.dtype = torch.float32
+
+    def forward(self, x, xa=None, mask=None, kv_cache=None):
+        if kv_cache is None or xa is None or self.key not in kv_cache:
+            return super().forward(x, xa, mask, kv_cache)
+        k, v = kv_cache[self.key], kv_cache[self.value]
+        slot = (self, "prepared")  # beside the cache entries, dropped with the cache
+        prepared = kv_cache.get(slot)
+        if prepared is None or prepared[0] is not k:  # new decode, or beams rearranged the cache
+            n_batch, n_audio, n_state = k.shape
+            head = n_state // self.n_head
+            kt = (k * head**-0.5).view(n_batch, n_audio, self.n_head, head).permute(0, 2, 3, 1)
+            vv = v.view(n_batch, n_audio, self.n_head, head).permute(0, 2, 1, 3)
+            prepared = (k, kt.to(self.prepared_dtype).contiguous(), vv.to(self.prepared_dtype).contiguous())
+            kv_cache[slot] = prepared
+        _, kt, vv = prepared
+        q = self.query(x)
+        n_batch, n_ctx, n_state = q.shape
+        q = q.view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3).to(kt.dtype)
+        weights = torch.softmax((q @ kt).float(), dim=-1).to(kt.dtype)
+        out = (weights @ vv).permute(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state).to(x.dtype)
+        return self.out(out), None
+
+
 def quantize_for_cpu(model):
     """Dynamic int8 quantization of the decoder: its linear layers and the vocabulary projection.
 
@@ -226,6 +263,10 @@ def quantize_for_cpu(model):
         warnings.simplefilter("ignore")  # torch's notice that eager quantization moves to torchao
         # One scale per output row: a single scale for the whole vocabulary matrix costs accuracy.
         model.decoder = quantize_dynamic(model.decoder, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    prepared_dtype = torch.bfloat16 if cpu_bf16_supported() else torch.float32
+    for block in model.decoder.blocks:
+        block.cross_attn.__class__ = _PreparedCrossAttention
+        block.cross_attn.prepared_dtype = prepared_dtype
     return model
 
 
@@ -243,11 +284,11 @@ def default_batch_size(device: str) -> int:
         # ~350 MiB per window covers large-v3 in fp16 with a 224-token KV cache.
         return int(max(4, min(64, free // (350 * 2**20))))
     # On a CPU the decoder's per-step cost is mostly fixed overhead, so 16 windows per
-    # batch decode faster than 8; the encoder runs them 8 at a time (ENCODE_CHUNK_CPU).
+    # batch decode faster than 8; the encoder runs them 4 at a time (ENCODE_CHUNK_CPU).
     return 16
 
 
-ENCODE_CHUNK_CPU = 8  # measured: 16 windows through the encoder at once ran slower than 2 × 8 (cache)
+ENCODE_CHUNK_CPU = 4  # measured on 2 cores: 4 windows per encoder call ran ~4 % faster than 8, 16 ~10 % slower (cache)
 
 
 # ------------------------------------------------------- word-alignment speed

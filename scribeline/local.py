@@ -7,12 +7,13 @@ segment, the batched transcriber), so what it measures is what the pipeline runs
 from __future__ import annotations
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from scribeline import media, segmentation, stages
 from scribeline.config import Settings
-from scribeline.transcription import Transcript
+from scribeline.transcription import Transcript, cpu_threads
 
 
 @dataclass
@@ -29,13 +30,20 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="scribeline-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
     opts = stages.segmentation_options(settings)
-    prepared = []
-    for i, path in enumerate(paths):
-        info = media.probe(Path(path))
-        norm = media.normalize(Path(path), workdir / f"{i}.f32", info)
+
+    def prepare(i: int):
+        path = Path(paths[i])
+        info = media.probe(path)
+        norm = media.normalize(path, workdir / f"{i}.f32", info)
         samples = media.open_audio(norm.path)
-        windows = segmentation.segment(samples, norm.gain_db, opts)
-        prepared.append((Path(path), info, norm, samples, windows))
+        return path, info, norm, samples, segmentation.segment(samples, norm.gain_db, opts)
+
+    # ffmpeg and the VAD use one core each: prepare files side by side, the largest first
+    # (as the pipeline's normalize and segment waves do), then decode them all together.
+    order = sorted(range(len(paths)), key=lambda i: -Path(paths[i]).stat().st_size)
+    with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
+        done = dict(zip(order, pool.map(prepare, order)))
+    prepared = [done[i] for i in range(len(paths))]
     jobs = [stages.audio_job(settings, samples, norm.gain_db, windows, info.sample_rate)
             for _, info, norm, samples, windows in prepared]
     transcripts = stages.transcriber(settings).transcribe(jobs)

@@ -5,8 +5,9 @@ of worker threads. Once the process holds more OpenMP threads than cores (a
 Prefect task thread that touched torch is enough), libgomp stops spin-waiting
 between parallel regions and every small op pays a wake-up. Measured on 2
 cores: the same batched decode took 40 % longer from a second thread, and the
-encoder up to 40 % longer after VAD had run in the flow's task threads. So the
-model (load, encode, decode, align) and the VAD run here, whichever thread asks.
+encoder up to 40 % longer after torch work had run in the flow's task threads. So
+the model (load, encode, decode, align) runs here, whichever thread asks. (Silero's
+VAD needs no torch: its sequence model is ONNX Runtime on numpy, run in task threads.)
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ class _Media:
     ref: ObjectRef
     started: float
     results: dict = field(default_factory=dict)
+    futures: dict = field(default_factory=dict)  # this wave's submitted stages, by name
     failed: bool = False
     outcome: dict | None = None
 
@@ -57,15 +58,20 @@ def _attempts(future) -> int:
 def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     """Submit the given stages for every live media, wait, and quarantine the failures.
 
-    Stages in one wave must not depend on each other (validate and redact both read
-    the transcript); they run side by side. A media that fails any of them is
-    quarantined with the first failed stage in the order given.
+    Stages of one wave run side by side (validate and redact both read the transcript),
+    or a later one takes an earlier one's future from ``m.futures`` (segment waits only
+    for its own media's normalize). A media that fails any of them is quarantined with
+    the first failed stage in the order given.
     """
     live = [m for m in items if not m.failed and m.outcome is None]
     if not live:
         return
     started = time.perf_counter()
-    futures = [(m, name, submit(m)) for name, submit in stages_.items() for m in live]
+    futures = []
+    for name, submit in stages_.items():  # every media's first stage is queued before any second one
+        for m in live:
+            m.futures[name] = submit(m)
+            futures.append((m, name, m.futures[name]))
     failures: dict[int, tuple] = {}
     for m, name, fut in futures:
         fut.wait()
@@ -116,9 +122,13 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
         if not m.failed and stages.already_loaded(settings, m.run_key):
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
-    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"])}, items, settings)
-    _wave({"segment": lambda m: segment.submit(m.run_key, m.results["normalize"])}, items, settings)
-    _wave({"transcribe": lambda m: transcribe.submit(m.run_key, m.results["segment"])}, items, settings)
+    # A media's VAD starts as soon as its own audio is decoded: one long recording's VAD
+    # overlaps the decoding of the others instead of waiting for the slowest ffmpeg.
+    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"]),
+           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
+    # The transcriber batches the windows of the whole wave: it starts once all have arrived.
+    wave_size = sum(1 for m in items if not m.failed and m.outcome is None)
+    _wave({"transcribe": lambda m: transcribe.submit(m.run_key, m.results["segment"], wave_size)}, items, settings)
     # Validation and redaction both read the transcript: one wave, side by side.
     _wave({"validate": lambda m: validate.submit(m.run_key, m.results["transcribe"], m.results["segment"]["duration_s"]),
            "redact": lambda m: redact.submit(m.run_key, m.results["transcribe"])}, items, settings)

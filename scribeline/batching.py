@@ -54,12 +54,19 @@ class Coalescer(Generic[T, R]):
         self._pending: list[_Call[T]] = []
         self._lock = threading.Lock()
         self._active = False  # a drain is scheduled or running
+        self._expected = 0  # calls announced for the round being gathered
+        self._arrived = threading.Event()  # set once the announced calls are all pending
         self.rounds: list[int] = []  # items served together, per round (for logs and benchmarks)
 
-    def __call__(self, item: T) -> R:
+    def __call__(self, item: T, expected: int = 0) -> R:
+        """``expected``: how many calls the caller knows are coming together; a round
+        waiting for them starts as soon as that many are pending."""
         call = _Call(item)
         with self._lock:
             self._pending.append(call)
+            self._expected = max(self._expected, expected)
+            if len(self._pending) >= self._expected > 0:
+                self._arrived.set()
             start, self._active = not self._active, True
         if start:
             if self._submit is not None:
@@ -89,14 +96,23 @@ class Coalescer(Generic[T, R]):
             raise
 
     def _gather(self) -> None:
+        """Wait until the announced calls are all pending, or no call came for quiet_s, or max_wait_s."""
         deadline = time.monotonic() + self.max_wait_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                seen = len(self._pending)
-            time.sleep(self.quiet_s)
-            with self._lock:
-                if len(self._pending) == seen:
+        try:
+            while time.monotonic() < deadline:
+                with self._lock:
+                    seen = len(self._pending)
+                    if len(self._pending) >= self._expected > 0:
+                        return
+                    self._arrived.clear()
+                if self._arrived.wait(self.quiet_s):
                     return
+                with self._lock:
+                    if len(self._pending) == seen:
+                        return
+        finally:
+            with self._lock:
+                self._expected = 0  # calls arriving from now on belong to the next round
 
     def _run(self, calls: list[_Call[T]]) -> None:
         if not calls:
@@ -133,8 +149,8 @@ class BatchingQueue:
     def rounds(self) -> list[int]:
         return self._coalescer.rounds
 
-    def transcribe(self, jobs: Sequence[AudioJob]) -> list[Transcript]:
-        return self._coalescer(list(jobs))
+    def transcribe(self, jobs: Sequence[AudioJob], expected: int = 0) -> list[Transcript]:
+        return self._coalescer(list(jobs), expected)
 
     def _transcribe_many(self, requests: list[list[AudioJob]]) -> list[list[Transcript]]:
         results = self.transcriber.transcribe([job for jobs in requests for job in jobs])

@@ -137,15 +137,18 @@ def audio_job(settings: Settings, audio, gain_db: float, windows: list[segmentat
                     beam_size=settings.beam_for(source_sample_rate))
 
 
-def transcribe(settings: Settings, run_key: str, segmented: dict) -> dict:
-    """Whisper over the speech windows; batched with other media in this worker."""
+def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int = 1) -> dict:
+    """Whisper over the speech windows; batched with other media in this worker.
+
+    ``wave_size`` media are expected together: the batch starts once that many have
+    arrived (or, if some never call, e.g. cached, after a quiet moment)."""
     jobs = [
         audio_job(settings, _track_audio(settings, run_key, track), track["gain_db"],
                   [segmentation.Window.from_dict(w) for w in track["windows"]], segmented["info"]["sample_rate"],
                   track["channel"])
         for track in segmented["tracks"]
     ]
-    results = queue_for(transcriber(settings)).transcribe(jobs)
+    results = queue_for(transcriber(settings)).transcribe(jobs, expected=wave_size)
     merged = results[0]
     if len(results) > 1:  # channels transcribed apart, merged in time order
         segments = sorted((s for r in results for s in r.segments), key=lambda s: (s.start, s.channel))

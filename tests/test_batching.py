@@ -90,19 +90,55 @@ def test_model_work_runs_on_one_thread_whichever_thread_asks(settings, media_dir
     assert model_thread.on_model_thread(np.add, 2, 3) == 5
 
 
-def test_vad_runs_on_the_model_thread(media_dir, settings, tmp_path):
-    from scribeline import segmentation
+_VAD_THREADS_SCRIPT = """
+import os, sys, threading
+from pathlib import Path
+import torch
+from scribeline import media, segmentation
 
-    seen = set()
-    original = segmentation._vad_model
+src, scratch = Path(sys.argv[1]), Path(sys.argv[2])
+norm = media.normalize(src, scratch, media.probe(src))
+torch.ones(64, 64) @ torch.ones(64, 64)  # the main thread's own OpenMP team exists before counting,
+segmentation.segment(media.open_audio(norm.path)[:16000], 0.0)  # and ONNX Runtime's one thread
+before = len(os.listdir("/proc/self/task"))
+out = []
+t = threading.Thread(target=lambda: out.append(segmentation.segment(media.open_audio(norm.path), norm.gain_db)))
+t.start()
+t.join()
+print(before, len(os.listdir("/proc/self/task")), len(out[0]))
+"""
 
-    def recording():
-        seen.add(threading.current_thread().name)
-        return original()
 
-    segmentation._vad_model = recording  # observe the thread; the VAD itself is the real one
-    try:
-        r = local.transcribe_files(settings, [media_dir / "en_jfk.flac"], tmp_path)[0]
-    finally:
-        segmentation._vad_model = original
-    assert r.windows and seen and all(n.startswith(model_thread.MODEL_THREAD_NAME) for n in seen)
+def test_vad_in_a_task_thread_starts_no_torch_threads(media_dir, tmp_path):
+    # The model thread exists because every thread that runs torch ops gets its own OpenMP
+    # team, which slows the model. VAD runs in task threads, so it must not touch torch:
+    # a long recording (scored in parallel parts) leaves the process with no new threads.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _VAD_THREADS_SCRIPT, str(media_dir / "fr_smartphone_chronicle.mp3"),
+                           str(tmp_path / "audio.f32")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, windows = proc.stdout.split()
+    assert int(windows) >= 6  # 178 s of speech: it really ran, in parallel parts
+    assert after == before
+
+
+def test_a_round_starts_once_the_announced_callers_are_all_waiting():
+    # The flow tells the transcriber how many media its wave holds: the round starts when
+    # they are all in, without sitting out the quiet period (here far longer than the test).
+    from scribeline.batching import Coalescer
+
+    coalescer = Coalescer(lambda items: [i * 10 for i in items], quiet_s=60.0, max_wait_s=120.0)
+    results: dict[int, int] = {}
+
+    def call(i):
+        results[i] = coalescer(i, expected=3)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "the round waited for the quiet period"
+    assert coalescer.rounds == [3] and results == {0: 0, 1: 10, 2: 20}

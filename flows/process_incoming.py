@@ -55,15 +55,16 @@ def _attempts(future) -> int:
         return 1
 
 
-def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
+def _wave(stages_: dict, items: list[_Media], settings: Settings, first=None) -> None:
     """Submit the given stages for every live media, wait, and quarantine the failures.
 
     Stages of one wave run side by side (validate and redact both read the transcript),
     or a later one takes an earlier one's future from ``m.futures`` (segment waits only
     for its own media's normalize). A media that fails any of them is quarantined with
-    the first failed stage in the order given.
+    the first failed stage in the order given. ``first``: a sort key for the order in
+    which media are submitted (the task runner starts them in that order).
     """
-    live = [m for m in items if not m.failed and m.outcome is None]
+    live = sorted((m for m in items if not m.failed and m.outcome is None), key=first or (lambda m: 0))
     if not live:
         return
     started = time.perf_counter()
@@ -122,10 +123,12 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
         if not m.failed and stages.already_loaded(settings, m.run_key):
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
-    # A media's VAD starts as soon as its own audio is decoded: one long recording's VAD
-    # overlaps the decoding of the others instead of waiting for the slowest ffmpeg.
+    # A media's VAD starts as soon as its own audio is decoded, and the largest file is
+    # decoded first (one ffmpeg per core): the longest chain, decode then VAD, starts at once
+    # while the short files share the other cores.
     _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"]),
-           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
+           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings,
+          first=lambda m: -m.results["ingest"]["size"])
     # The transcriber batches the windows of the whole wave: it starts once all have arrived.
     wave_size = sum(1 for m in items if not m.failed and m.outcome is None)
     _wave({"transcribe": lambda m: transcribe.submit(m.run_key, m.results["segment"], wave_size)}, items, settings)

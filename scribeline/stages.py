@@ -21,7 +21,7 @@ from scribeline import media, redaction, segmentation, storage, validation, ware
 from scribeline.batching import Coalescer, queue_for
 from scribeline.config import PIPELINE_VERSION, Settings
 from scribeline.storage import ObjectRef
-from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, transcriber_for
+from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, cpu_threads, transcriber_for
 
 
 class StageError(Exception):
@@ -60,24 +60,29 @@ def _source_path(settings: Settings, ingested: dict) -> Path:
 
 
 # ---------------------------------------------------------------- normalize
+# One ffprobe + ffmpeg decode per core at a time: when a wave's files all decoded at once,
+# the longest (submitted first) shared the cores with every short one and finished last.
+_decoders = threading.BoundedSemaphore(cpu_threads())
+
+
 def normalize(settings: Settings, ingested: dict) -> dict:
     """ffprobe facts + 16 kHz mono float32 track(s), stored in the normalized bucket."""
     src = _source_path(settings, ingested)
-    try:
-        info = media.probe(src)
-    except media.MediaError as exc:
-        raise StageError("normalize", str(exc)) from None
-    channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]
-    tracks = []
-    for channel in channels:
-        name = "audio.f32" if channel is None else f"audio.ch{channel}.f32"
-        local = work_dir(settings, ingested["run_key"]) / name
+    decoded = []
+    with _decoders:
         try:
-            norm = media.normalize(src, local, info, channel=channel)
+            info = media.probe(src)
+            channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]
+            for channel in channels:
+                name = "audio.f32" if channel is None else f"audio.ch{channel}.f32"
+                local = work_dir(settings, ingested["run_key"]) / name
+                decoded.append((channel, name, media.normalize(src, local, info, channel=channel)))
         except media.MediaError as exc:
             raise StageError("normalize", str(exc)) from None
+    tracks = []
+    for channel, name, norm in decoded:
         key = f"{ingested['run_key']}/{name}"
-        storage.put_file(settings, settings.bucket_normalized, key, local, "application/octet-stream")
+        storage.put_file(settings, settings.bucket_normalized, key, norm.path, "application/octet-stream")
         tracks.append({"channel": channel, "object_key": key, "num_samples": norm.num_samples,
                        "gain_db": norm.gain_db, "peak_dbfs": norm.peak_dbfs, "speech_level_dbfs": norm.speech_level_dbfs})
     duration = tracks[0]["num_samples"] / media.SAMPLE_RATE

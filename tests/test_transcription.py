@@ -95,3 +95,35 @@ def test_fast_median_filter_matches_whispers_exactly():
     assert torch.equal(transcription.median_filter(x, 7), whispers(x, 7))
     y = torch.randn(2, 3, 40)
     assert torch.equal(transcription.median_filter(y, 5), whispers(y, 5))  # other widths: whisper's own
+
+
+def test_prepared_cross_attention_decodes_what_whispers_own_attention_decodes(settings, english):
+    # The CPU decoder lays the audio keys/values out once per decode (bfloat16 where native);
+    # greedy and beam search (which reorders the cache) must give whisper's own text.
+    import whisper
+
+    from scribeline import media, stages, transcription
+    from scribeline.model_thread import on_model_thread
+
+    tr = stages.transcriber(settings)
+    blocks = tr.model.decoder.blocks
+    assert all(type(b.cross_attn) is transcription._PreparedCrossAttention for b in blocks)
+    samples = [media.read_samples(media.open_audio(r.audio.path), w.start, w.end, r.audio.gain_db)
+               for r in english.values() for w in r.windows]
+
+    def decode(features, beam):
+        return [r.text for r in tr._decode(features, "en", 0.0, beam)]
+
+    def both_ways():
+        features = tr._encode(samples)
+        prepared = [decode(features, None), decode(features, 5)]
+        for b in blocks:
+            b.cross_attn.__class__ = whisper.model.MultiHeadAttention
+        try:
+            return prepared, [decode(features, None), decode(features, 5)]
+        finally:
+            for b in blocks:
+                b.cross_attn.__class__ = transcription._PreparedCrossAttention
+
+    prepared, whispers = on_model_thread(both_ways)
+    assert all(prepared[0]) and prepared == whispers

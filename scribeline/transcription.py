@@ -204,8 +204,10 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
     single query (and slower still in bfloat16). Here they are permuted, scaled and
     cast once (bfloat16 where the CPU computes it natively: half the memory read per
     step) and each step is two batched matrix products. Measured on 2 cores, batch of
-    16 windows: 3.5 ms -> 2.0 ms per layer and step. Alignment, which needs the
-    attention weights, and calls without a cache take whisper's own path.
+    16 windows: 3.5 ms -> 2.0 ms per layer and step. The sums run in another order than
+    the fused kernel's, so a token of an uncertain window can flip (as between whisper's
+    own two attention paths). Alignment, which needs the attention weights, and calls
+    without a cache take whisper's own path.
     """
 
     prepared_dtype: torch.dtype = torch.float32

@@ -215,17 +215,16 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
     def forward(self, x, xa=None, mask=None, kv_cache=None):
         if kv_cache is None or xa is None or self.key not in kv_cache:
             return super().forward(x, xa, mask, kv_cache)
-        k, v = kv_cache[self.key], kv_cache[self.value]
-        slot = (self, "prepared")  # beside the cache entries, dropped with the cache
-        prepared = kv_cache.get(slot)
-        if prepared is None or prepared[0] is not k:  # new decode, or beams rearranged the cache
-            n_batch, n_audio, n_state = k.shape
+        kt, vv = kv_cache[self.key], kv_cache[self.value]
+        if kt.ndim == 3:  # as whisper's hooks cached them at the first step: lay them out once
+            n_batch, n_audio, n_state = kt.shape
             head = n_state // self.n_head
-            kt = (k * head**-0.5).view(n_batch, n_audio, self.n_head, head).permute(0, 2, 3, 1)
-            vv = v.view(n_batch, n_audio, self.n_head, head).permute(0, 2, 1, 3)
-            prepared = (k, kt.to(self.prepared_dtype).contiguous(), vv.to(self.prepared_dtype).contiguous())
-            kv_cache[slot] = prepared
-        _, kt, vv = prepared
+            kt = (kt * head**-0.5).view(n_batch, n_audio, self.n_head, head).permute(0, 2, 3, 1)
+            vv = vv.view(n_batch, n_audio, self.n_head, head).permute(0, 2, 1, 3)
+            # In place of the originals (freed): beam search reorders the cache along the
+            # batch dimension, which these keep first.
+            kt = kv_cache[self.key] = kt.to(self.prepared_dtype).contiguous()
+            vv = kv_cache[self.value] = vv.to(self.prepared_dtype).contiguous()
         q = self.query(x)
         n_batch, n_ctx, n_state = q.shape
         q = q.view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3).to(kt.dtype)

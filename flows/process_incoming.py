@@ -48,6 +48,11 @@ class _Media:
     outcome: dict | None = None
 
     @property
+    def live(self) -> bool:
+        """Still in the waves: not failed, no outcome yet."""
+        return not self.failed and self.outcome is None
+
+    @property
     def run_key(self) -> str | None:
         return self.results.get("ingest", {}).get("run_key")
 
@@ -71,7 +76,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings, first=None) ->
     the first failed stage in the order given. ``first``: a sort key for the order in
     which media are submitted (the task runner starts them in that order).
     """
-    live = sorted((m for m in items if not m.failed and m.outcome is None), key=first or (lambda m: 0))
+    live = sorted((m for m in items if m.live), key=first or (lambda m: 0))
     if not live:
         return
     started = time.perf_counter()
@@ -137,13 +142,13 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
            "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings,
           first=lambda m: -m.results["ingest"]["size"])
     # The transcriber batches the windows of the whole wave: it starts once all have arrived.
-    wave_size = sum(1 for m in items if not m.failed and m.outcome is None)
+    wave_size = sum(m.live for m in items)
     _wave({"transcribe": lambda m: transcribe.submit(m.run_key, quote(m.results["segment"]), wave_size)}, items, settings)
     # Validation and redaction both read the transcript: one wave, side by side.
     _wave({"validate": lambda m: validate.submit(m.run_key, quote(m.results["transcribe"]), m.results["segment"]["duration_s"]),
            "redact": lambda m: redact.submit(m.run_key, quote(m.results["transcribe"]))}, items, settings)
     for m in items:
-        if m.failed or m.outcome is not None:
+        if not m.live:
             continue
         m.results["processing_s"] = time.monotonic() - m.started
     _wave({"load": lambda m: load.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from scribeline import media, segmentation, stages
 from scribeline.config import Settings
-from scribeline.transcription import Transcript, cpu_threads
+from scribeline.model_thread import cpu_threads
+from scribeline.transcription import Transcript
 
 
 @dataclass

@@ -12,11 +12,18 @@ VAD needs no torch: its sequence model is ONNX Runtime on numpy, run in task thr
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 MODEL_THREAD_NAME = "scribeline-model"
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on: torch's thread count, and how many decodes or VAD parts run at once."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_THREAD_NAME)
 
 

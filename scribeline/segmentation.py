@@ -10,13 +10,13 @@ All offsets are integer sample counts.
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from scribeline.media import SAMPLE_RATE, read_samples
+from scribeline.model_thread import cpu_threads
 
 PAD_S = 0.2  # context kept around speech at window edges
 
@@ -117,7 +117,7 @@ def speech_probabilities(audio: np.ndarray, gain_db: float = 0.0, parts: int | N
         return np.zeros(0, dtype=np.float32)
     frames = -(-total // FRAME_SAMPLES)
     if parts is None:
-        parts = _cores() if total >= PARALLEL_VAD_MIN_S * SAMPLE_RATE else 1
+        parts = cpu_threads() if total >= PARALLEL_VAD_MIN_S * SAMPLE_RATE else 1
     parts = max(1, min(parts, frames))
     if parts == 1:
         return _vad_model().audio_forward(_GainView(audio, gain_db), sampling_rate=SAMPLE_RATE)
@@ -131,10 +131,6 @@ def speech_probabilities(audio: np.ndarray, gain_db: float = 0.0, parts: int | N
 
     with ThreadPoolExecutor(max_workers=parts) as pool:
         return np.concatenate(list(pool.map(score, range(parts))))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def speech_spans(probs: np.ndarray, num_samples: int, opts: SegmentationOptions) -> list[Span]:

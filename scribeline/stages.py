@@ -20,8 +20,9 @@ import pandas as pd
 from scribeline import media, redaction, segmentation, storage, validation, warehouse
 from scribeline.batching import Coalescer, queue_for
 from scribeline.config import PIPELINE_VERSION, Settings
+from scribeline.model_thread import cpu_threads
 from scribeline.storage import ObjectRef
-from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, cpu_threads, transcriber_for
+from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, transcriber_for
 
 
 class StageError(Exception):
@@ -142,11 +143,12 @@ def audio_job(settings: Settings, audio, gain_db: float, windows: list[segmentat
                     beam_size=settings.beam_for(source_sample_rate))
 
 
-def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int = 1) -> dict:
+def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int = 0) -> dict:
     """Whisper over the speech windows; batched with other media in this worker.
 
     ``wave_size`` media are expected together: the batch starts once that many have
-    arrived (or, if some never call, e.g. cached, after a quiet moment)."""
+    arrived (or, if some never call, e.g. cached, after a quiet moment); 0: not known,
+    the batch starts after a quiet moment."""
     jobs = [
         audio_job(settings, _track_audio(settings, run_key, track), track["gain_db"],
                   [segmentation.Window.from_dict(w) for w in track["windows"]], segmented["info"]["sample_rate"],

@@ -13,7 +13,6 @@ for decoding.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
 from scribeline.media import SAMPLE_RATE
-from scribeline.model_thread import on_model_thread
+from scribeline.model_thread import cpu_threads, on_model_thread
 from scribeline.segmentation import Window
 
 log = logging.getLogger(__name__)
@@ -115,10 +114,6 @@ class AudioJob:
 # --------------------------------------------------------------------- model
 _models: dict[tuple[str, str], "whisper.Whisper"] = {}
 _models_lock = threading.Lock()
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_device(device: str = "auto") -> str:

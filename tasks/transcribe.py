@@ -28,9 +28,9 @@ def load_model() -> str:
 
 @task(name="transcribe", task_run_name="transcribe {run_key}", cache_key_fn=run_key_cache("transcribe"),
       persist_result=True, retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_media)
-def transcribe(run_key: str, segmented: dict, wave_size: int = 1) -> dict:
+def transcribe(run_key: str, segmented: dict, wave_size: int = 0) -> dict:
     """Runs whisper over the speech windows, batched with the other media of its wave in this worker
-    (GPU when present, else CPU). ``wave_size``: how many media the flow submitted together."""
+    (GPU when present, else CPU). ``wave_size``: how many media the flow submitted together (0: not known)."""
     out = stages.transcribe(settings(), run_key, segmented, wave_size)
     get_run_logger().info("%s: %d segment(s), language %s", run_key, len(out["segments"]), out["language"])
     return out

@@ -107,3 +107,16 @@ def test_a_model_that_cannot_load_fails_the_run_and_keeps_the_media(tmp_path, me
     assert waiting.returncode == 0
     done = scribeline(e, "run")  # the first file was kept in incoming and is processed now
     assert done.returncode == 0 and "en_timit_ldc93s1.wav" in done.stdout and "processed" in done.stdout
+
+
+def test_the_embedded_s3_server_yields_the_cores_to_transcription(s3):
+    # It shares the worker's cores: at the lowest priority, its wake-ups do not stall the
+    # model's threads (measured in benchmark/: the transcribe wave ~1 s faster on 2 cores).
+    from scribeline import services
+
+    pid = services.s3_service(s3).pid()
+    assert pid is not None
+    threads = list(Path(f"/proc/{pid}/task").iterdir())
+    nice = [int(Path(t, "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in threads]
+    assert nice and all(n == 19 for n in nice), nice
+    assert "GOMAXPROCS=1" in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")

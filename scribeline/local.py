@@ -35,7 +35,7 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
     def prepare(i: int):
         path = Path(paths[i])
         info = media.probe(path)
-        norm = media.normalize(path, workdir / f"{i}.f32", info)
+        norm = media.normalize(path, workdir / f"{i}.s16", info)
         samples = media.open_audio(norm.path)
         return path, info, norm, samples, segmentation.segment(samples, norm.gain_db, opts)
 

@@ -2,7 +2,9 @@
 
 Files are judged by their content (ffprobe), never by extension. Decoding streams
 through a pipe in fixed-size blocks, so memory does not grow with duration, and
-the output is raw little-endian float32 that later stages memory-map.
+the output is raw little-endian PCM that later stages read by position: 16-bit
+(``.s16``, what whisper itself decodes to: half the bytes of float32 to store and
+upload) or float32 (``.f32``, what earlier versions stored; still read).
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ BLOCK_SAMPLES = SAMPLE_RATE * 30  # decode in 30 s blocks
 FRAME = 480  # 30 ms level-measurement frames
 TARGET_SPEECH_DBFS = -20.0
 MAX_GAIN_DB = 50.0
+
+
+# Raw formats of normalized audio, by file suffix: (ffmpeg format, codec, numpy dtype, scale to [-1, 1]).
+RAW_FORMATS = {
+    ".s16": ("s16le", "pcm_s16le", np.dtype("<i2"), 1 / 32768),
+    ".f32": ("f32le", "pcm_f32le", np.dtype("<f4"), 1.0),
+}
+
+
+def _raw_format(path: Path) -> tuple[str, str, np.dtype, float]:
+    try:
+        return RAW_FORMATS[Path(path).suffix]
+    except KeyError:
+        raise ValueError(f"normalized audio is named *.s16 or *.f32, not {Path(path).name}") from None
 
 
 class MediaError(Exception):
@@ -44,7 +60,7 @@ class MediaInfo:
 
 @dataclass
 class NormalizedAudio:
-    """A 16 kHz mono float32 file plus the facts later stages need."""
+    """A 16 kHz mono raw PCM file (see ``RAW_FORMATS``) plus the facts later stages need."""
 
     path: Path
     num_samples: int
@@ -92,7 +108,7 @@ def probe(path: Path) -> MediaInfo:
 
 
 def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None) -> NormalizedAudio:
-    """Decode the first audio stream to 16 kHz mono float32 (``dest``, raw f32le).
+    """Decode the first audio stream to 16 kHz mono raw PCM (``dest``: 16-bit if named *.s16, float32 if *.f32).
 
     ``channel`` picks one channel instead of the downmix (call-centre stereo).
     Also measures the speech level so that readers can apply gain before VAD.
@@ -100,7 +116,8 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
     stream = ffmpeg.input(str(src))["a:0"]
     if channel is not None:
         stream = stream.filter("channelmap", map=str(channel), channel_layout="mono")
-    out = ffmpeg.output(stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE)
+    raw_format, codec, dtype, scale = _raw_format(dest)
+    out = ffmpeg.output(stream, "pipe:", format=raw_format, acodec=codec, ac=1, ar=SAMPLE_RATE)
     cmd = ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
     cmd[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
     # stderr goes to a file: a pipe nobody drains fills up on noisy input and stalls ffmpeg.
@@ -113,11 +130,12 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
     try:
         with open(dest, "wb") as fh:
             while True:
-                raw = proc.stdout.read(BLOCK_SAMPLES * 4)
+                raw = proc.stdout.read(BLOCK_SAMPLES * dtype.itemsize)
                 if not raw:
                     break
-                block = np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype="<f4")
-                fh.write(block.tobytes())
+                raw = raw[: len(raw) - len(raw) % dtype.itemsize]
+                fh.write(raw)
+                block = np.frombuffer(raw, dtype=dtype).astype(np.float32) * np.float32(scale)
                 total += block.size
                 if block.size:
                     peak = max(peak, float(np.abs(block).max()))
@@ -175,19 +193,23 @@ class AudioFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.size = self.path.stat().st_size // 4
+        _, _, self.dtype, self.scale = _raw_format(self.path)
+        self.size = self.path.stat().st_size // self.dtype.itemsize
         self.shape = (self.size,)
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, s: slice) -> np.ndarray:
+        """Samples [start, stop) as float32 in [-1, 1] (float32 files: as stored)."""
         start, stop, _ = s.indices(self.size)
         if stop <= start:
-            return np.zeros(0, dtype="<f4")
+            return np.zeros(0, dtype=np.float32)
+        width = self.dtype.itemsize
         with open(self.path, "rb") as fh:
-            fh.seek(start * 4)
-            return np.frombuffer(fh.read((stop - start) * 4), dtype="<f4")
+            fh.seek(start * width)
+            samples = np.frombuffer(fh.read((stop - start) * width), dtype=self.dtype)
+        return samples if self.scale == 1.0 else samples.astype(np.float32) * np.float32(self.scale)
 
 
 def open_audio(path: Path) -> AudioFile:

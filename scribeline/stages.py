@@ -67,7 +67,7 @@ _decoders = threading.BoundedSemaphore(cpu_threads())
 
 
 def normalize(settings: Settings, ingested: dict) -> dict:
-    """ffprobe facts + 16 kHz mono float32 track(s), stored in the normalized bucket."""
+    """ffprobe facts + 16 kHz mono 16-bit track(s), stored in the normalized bucket."""
     src = _source_path(settings, ingested)
     decoded = []
     with _decoders:
@@ -75,7 +75,7 @@ def normalize(settings: Settings, ingested: dict) -> dict:
             info = media.probe(src)
             channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]
             for channel in channels:
-                name = "audio.f32" if channel is None else f"audio.ch{channel}.f32"
+                name = "audio.s16" if channel is None else f"audio.ch{channel}.s16"
                 local = work_dir(settings, ingested["run_key"]) / name
                 decoded.append((channel, name, media.normalize(src, local, info, channel=channel)))
         except media.MediaError as exc:

@@ -9,5 +9,5 @@ from tasks.common import retry_unless_bad_media, run_key_cache, settings
 @task(name="normalize", task_run_name="normalize {run_key}", cache_key_fn=run_key_cache("normalize"),
       persist_result=True, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_media)
 def normalize(run_key: str, ingested: dict) -> dict:
-    """Probes the media and decodes it to 16 kHz mono float32 (ffprobe/ffmpeg, CPU; normalized bucket)."""
+    """Probes the media and decodes it to 16 kHz mono 16-bit PCM (ffprobe/ffmpeg, CPU; normalized bucket)."""
     return stages.normalize(settings(), ingested)

@@ -52,6 +52,27 @@ def test_normalize_gives_exact_16k_mono_sample_count(media_dir, tmp_path):
     assert 0.01 < float(np.abs(samples).max()) <= 1.5
 
 
+def test_normalized_audio_is_16_bit_half_the_bytes_same_samples_and_float32_files_still_read(media_dir, tmp_path):
+    # The pipeline stores 16-bit audio (what whisper decodes to) in the normalized bucket;
+    # float32 files written by earlier versions, still referenced by cached stage results,
+    # must read the same.
+    src = media_dir / "en_jfk.flac"
+    info = media.probe(src)
+    s16 = media.normalize(src, tmp_path / "a.s16", info)
+    f32 = media.normalize(src, tmp_path / "a.f32", info)
+    assert s16.path.stat().st_size * 2 == f32.path.stat().st_size
+    assert s16.num_samples == f32.num_samples
+    a, b = media.open_audio(s16.path), media.open_audio(f32.path)
+    assert len(a) == len(b) == s16.num_samples and a[0:10].dtype == b[0:10].dtype == np.float32
+    # ffmpeg downmixes this stereo file 3 dB lower into integers (so the sum cannot clip);
+    # the measured gain makes up for it, and what VAD and the model read is the same.
+    x = media.read_samples(a, 0, len(a), s16.gain_db)
+    y = media.read_samples(b, 0, len(b), f32.gain_db)
+    assert float(np.abs(x - y).max()) < 2e-4
+    with pytest.raises(ValueError, match="s16 or"):
+        media.normalize(src, tmp_path / "a.wav", info)
+
+
 def test_recording_at_minus_45_dbfs_gets_gain_back_to_speech_level(media_dir, tmp_path):
     src = media_dir / "en_harvard_birch_canoe.wav"
     loud = media.normalize(src, tmp_path / "l.f32", media.probe(src))

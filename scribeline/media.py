@@ -39,6 +39,12 @@ def _raw_format(path: Path) -> tuple[str, str, np.dtype, float]:
         raise ValueError(f"normalized audio is named *.s16 or *.f32, not {Path(path).name}") from None
 
 
+def _as_float(raw: bytes, dtype: np.dtype, scale: float) -> np.ndarray:
+    """Raw PCM bytes as float32 samples in [-1, 1] (float32 bytes: as stored, no copy)."""
+    samples = np.frombuffer(raw, dtype=dtype)
+    return samples if scale == 1.0 else samples.astype(np.float32) * np.float32(scale)
+
+
 class MediaError(Exception):
     """The input cannot be turned into audio; the message is shown to operators."""
 
@@ -135,7 +141,7 @@ def normalize(src: Path, dest: Path, info: MediaInfo, channel: int | None = None
                     break
                 raw = raw[: len(raw) - len(raw) % dtype.itemsize]
                 fh.write(raw)
-                block = np.frombuffer(raw, dtype=dtype).astype(np.float32) * np.float32(scale)
+                block = _as_float(raw, dtype, scale)
                 total += block.size
                 if block.size:
                     peak = max(peak, float(np.abs(block).max()))
@@ -208,8 +214,7 @@ class AudioFile:
         width = self.dtype.itemsize
         with open(self.path, "rb") as fh:
             fh.seek(start * width)
-            samples = np.frombuffer(fh.read((stop - start) * width), dtype=self.dtype)
-        return samples if self.scale == 1.0 else samples.astype(np.float32) * np.float32(self.scale)
+            return _as_float(fh.read((stop - start) * width), self.dtype, self.scale)
 
 
 def open_audio(path: Path) -> AudioFile:

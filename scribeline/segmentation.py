@@ -1,7 +1,7 @@
 """Voice-activity detection (silero-vad) and the cut-and-merge of speech into windows.
 
 Speech probabilities come from silero's sequence model, block by block over the
-memory-mapped audio, so memory stays flat however long the file. Speech spans
+normalized audio file, so memory stays flat however long the file. Speech spans
 are then merged into windows of at most ``max_window_s`` that start and end in
 pauses (the cut-and-merge of WhisperX), so no word is cut at a window boundary.
 All offsets are integer sample counts.
@@ -85,7 +85,7 @@ def _vad_model():
 
 
 class _GainView:
-    """Lets silero read samples [start, end) of a memory-mapped file block by block, with gain applied."""
+    """Lets silero read samples [start, end) of a normalized file block by block, with gain applied."""
 
     def __init__(self, audio: np.ndarray, gain_db: float, start: int = 0, end: int | None = None):
         self.audio, self.gain_db, self.start = audio, gain_db, start

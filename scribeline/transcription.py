@@ -28,6 +28,7 @@ from whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
+from scribeline.graphed_decoding import GraphedInference
 from scribeline.media import SAMPLE_RATE
 from scribeline.model_thread import cpu_threads, on_model_thread
 from scribeline.segmentation import Window
@@ -323,7 +324,16 @@ class _GroupedDecodingTask(whisper.decoding.DecodingTask):
     openai-whisper 20250625 repeats the text tokens by the group size (beam_size or
     best_of) but not the audio features, so beam search and best-of sampling fail
     for batches of more than one input. Repeating the features here fixes that.
+    ``graphed``: whisper's decoder steps through ``GraphedInference`` (on a GPU, one
+    CUDA graph replay per token instead of hundreds of kernel launches).
     """
+
+    def __init__(self, model, options: whisper.DecodingOptions, graphed: bool = False):
+        super().__init__(model, options)
+        if graphed:
+            self.inference = GraphedInference(model, len(self.initial_tokens), graphs=model.device.type == "cuda")
+            if hasattr(self.decoder, "inference"):  # beam search holds the inference it rearranges
+                self.decoder.inference = self.inference
 
     def _get_audio_features(self, mel: torch.Tensor) -> torch.Tensor:
         features = super()._get_audio_features(mel)
@@ -357,6 +367,7 @@ class Transcriber:
         self.fp16 = device.startswith("cuda")
         self.dtype = torch.float16 if self.fp16 else torch.float32
         self.batch_size = options.batch_size or default_batch_size(device)
+        self.graphed = self.fp16  # on a GPU the decoder steps run as CUDA graphs (see graphed_decoding)
         self.timings: dict[str, float] = {}  # seconds per step, summed over this transcriber's life
         # On a CPU with native bfloat16 the encoder (compute-bound) runs in bfloat16.
         self.cpu_bf16 = device == "cpu" and getattr(model, "scribeline_cpu_optimized", False) and cpu_bf16_supported()
@@ -415,7 +426,7 @@ class Transcriber:
             without_timestamps=True,  # window edges + word alignment give the times
             fp16=self.fp16,
         )
-        return _GroupedDecodingTask(self.model, opts).run(features)
+        return _GroupedDecodingTask(self.model, opts, graphed=self.graphed).run(features)
 
     def _needs_fallback(self, r) -> bool:
         o = self.options

@@ -1,6 +1,7 @@
 """Speed and accuracy benchmark: openai-whisper's transcribe() against scribeline, on the same audio and model.
 
     .venv/bin/python -m benchmark.run [--minutes 10] [--model PATH|NAME] [--device cpu|cuda] [--repeat 3]
+                                      [--export-decoded DIR | --decoded DIR]
 
 One command runs three phases, each in its own process so that each reports its
 own peak memory, on the same files and weights:
@@ -8,6 +9,12 @@ own peak memory, on the same files and weights:
   baseline   whisper.load_model(...).transcribe(path) with its defaults, file after file
   stage      scribeline's transcription stage: probe, normalize, VAD, batched decode, word times
   pipeline   the whole Prefect flow: S3 ingest -> ... -> DuckDB, on a real S3 server and Prefect API
+
+Where no ffmpeg is at hand (the GPU machine this was measured on), ``--export-decoded
+DIR`` normalizes the files here with the stage's own ``media.normalize`` and
+``--decoded DIR`` runs the baseline and the stage from those 16 kHz files there:
+whisper's transcribe() then gets the samples its own ffmpeg call would give, and
+the stage starts at segmentation. Neither side pays for decoding the media.
 
 Model loading (and, for the pipeline, loading Presidio's and Great Expectations'
 engines, and starting the servers) happens before the clock starts: it is a cost
@@ -50,38 +57,65 @@ def _default_model() -> str:
 
 
 # ------------------------------------------------------------------ phases
-def phase_baseline(paths: list[Path], model_spec: str, device: str) -> dict:
+def _decoded_tracks(items: list[dict]):
+    from scribeline import local, media
+
+    return [local.NormalizedTrack(media.NormalizedAudio(Path(i["path"]), i["num_samples"], i["gain_db"], 0.0, 0.0),
+                                  i["sample_rate"]) for i in items]
+
+
+def phase_baseline(items: list[dict], model_spec: str, device: str) -> dict:
     import torch
     import whisper
 
     model = whisper.load_model(model_spec, device=device)
     fp16 = device.startswith("cuda")
-    model.transcribe(str(MEDIA / "en_jfk.flac"), fp16=fp16)  # warm-up, not timed
+    if "num_samples" in items[0]:  # decoded: the samples whisper's own ffmpeg call gives (no gain)
+        from scribeline import media
+
+        inputs = [media.read_samples(media.open_audio(t.audio.path), 0, t.audio.num_samples, 0.0)
+                  for t in _decoded_tracks(items)]
+    else:
+        inputs = [i["path"] for i in items]
+    model.transcribe(inputs[0] if "num_samples" in items[0] else str(MEDIA / "en_jfk.flac"), fp16=fp16)  # warm-up
     texts = []
     start = time.perf_counter()
-    for p in paths:
-        texts.append(model.transcribe(str(p), fp16=fp16)["text"])
+    for audio in inputs:
+        texts.append(model.transcribe(audio, fp16=fp16)["text"])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return {"wall_s": time.perf_counter() - start, "texts": texts}
 
 
-def phase_stage(paths: list[Path], model_spec: str, device: str) -> dict:
+def phase_stage(items: list[dict], model_spec: str, device: str) -> dict:
     from scribeline import local, stages
     from scribeline.config import Settings
 
     settings = Settings.from_env()
-    stages.transcriber(settings)
-    local.transcribe_files(settings, [MEDIA / "en_jfk.flac"])  # warm-up, not timed
-    start = time.perf_counter()
+    if "num_samples" in items[0]:
+        tracks = _decoded_tracks(items)
+        local.transcribe_normalized(settings, tracks[:1])  # warm-up, not timed
+
+        def run():
+            return [t for _, t in local.transcribe_normalized(settings, tracks)]
+    else:
+        local.transcribe_files(settings, [MEDIA / "en_jfk.flac"])  # warm-up, not timed
+
+        def run():
+            return [r.transcript for r in local.transcribe_files(settings, [Path(i["path"]) for i in items])]
     tr = stages.transcriber(settings)
     tr.timings.clear()
-    results = local.transcribe_files(settings, paths)
-    return {"wall_s": time.perf_counter() - start, "texts": [r.transcript.text for r in results],
-            "transcriber_s": tr.timings}
+    start = time.perf_counter()
+    transcripts = run()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+    return {"wall_s": time.perf_counter() - start, "texts": [t.text for t in transcripts], "transcriber_s": tr.timings,
+            "languages": [t.language for t in transcripts]}
 
 
-def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
+def phase_pipeline(items: list[dict], model_spec: str, device: str) -> dict:
     # Prefect's ephemeral API, as `scribeline run` uses with nothing started.
     from scribeline import samples, services, stages, storage, warehouse
     from scribeline.config import Settings
@@ -92,6 +126,7 @@ def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
     try:
         from flows.process_incoming import process_incoming
 
+        paths = [Path(i["path"]) for i in items]
         keys = [f"bench/{i:02d}-{p.name}" for i, p in enumerate(paths)]
         # Warm-up, not timed: one synthesized clip (content no benchmark file shares) through
         # the whole flow starts the ephemeral API, loads the model and the Presidio and Great
@@ -119,9 +154,8 @@ def phase_pipeline(paths: list[Path], model_spec: str, device: str) -> dict:
 
 def run_phase(args) -> None:
     spec = json.loads(Path(args.items).read_text())
-    paths = [Path(i["path"]) for i in spec["items"]]
     fn = {"baseline": phase_baseline, "stage": phase_stage, "pipeline": phase_pipeline}[args.phase]
-    out = fn(paths, spec["model"], spec["device"])
+    out = fn(spec["items"], spec["model"], spec["device"])
     out["peak_mib"] = _peak_mib()
     Path(args.result).write_text(json.dumps(out))
 
@@ -143,6 +177,22 @@ def audio_seconds(paths: list[Path]) -> float:
     import ffmpeg
 
     return sum(float(ffmpeg.probe(str(p))["format"]["duration"]) for p in paths)
+
+
+def export_decoded(bench_items: list[dict], out: Path) -> None:
+    """Each file as the stage normalizes it (16 kHz 16-bit mono, measured gain) plus what --decoded needs."""
+    from scribeline import media
+
+    out.mkdir(parents=True, exist_ok=True)
+    exported = []
+    for n, item in enumerate(bench_items):
+        info = media.probe(Path(item["path"]))
+        name = f"{n:02d}-{Path(item['path']).stem}.s16"
+        norm = media.normalize(Path(item["path"]), out / name, info)
+        exported.append({**item, "path": name, "num_samples": norm.num_samples, "gain_db": norm.gain_db,
+                         "sample_rate": info.sample_rate})
+    (out / "items.json").write_text(json.dumps(exported, indent=1))
+    print(f"{len(exported)} files, {sum(i['num_samples'] for i in exported) / 16000:.0f} s of audio, normalized into {out}")
 
 
 def machine() -> str:
@@ -197,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="run the phases this many times, alternating; report medians")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "scribeline-benchmark"))
     p.add_argument("--output", default=str(ROOT / "benchmark" / "results.json"))
+    p.add_argument("--export-decoded", metavar="DIR", help="normalize the benchmark's files into DIR and stop")
+    p.add_argument("--decoded", metavar="DIR", help="run from files --export-decoded wrote (no ffmpeg needed)")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--items", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -207,13 +259,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
     workdir = Path(args.workdir)
-    english_only = Path(args.model).stem.endswith(".en") or args.model.endswith(".en")
-    bench_items = items(workdir, args.minutes, english_only)
-    spec = {"model": args.model, "device": args.device,
-            "items": [{**asdict(i), "path": str(i.path)} for i in bench_items]}
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.decoded:
+        bench_items = [{**i, "path": str(Path(args.decoded) / i["path"])}
+                       for i in json.loads((Path(args.decoded) / "items.json").read_text())]
+        seconds = sum(i["num_samples"] for i in bench_items) / 16000
+        if "pipeline" in args.phases:
+            p.error("--decoded runs the baseline and the stage; the pipeline needs ffmpeg and the media files")
+    else:
+        english_only = Path(args.model).stem.endswith(".en") or args.model.endswith(".en")
+        bench_items = [{**asdict(i), "path": str(i.path)} for i in items(workdir, args.minutes, english_only)]
+        if args.export_decoded:
+            export_decoded(bench_items, Path(args.export_decoded))
+            return 0
+        seconds = audio_seconds([Path(i["path"]) for i in bench_items])
+    spec = {"model": args.model, "device": args.device, "items": bench_items}
     spec_path = workdir / "items.json"
     spec_path.write_text(json.dumps(spec))
-    seconds = audio_seconds([i.path for i in bench_items])
     print(f"{len(bench_items)} files, {seconds:.0f} s of audio; model {args.model} on {args.device}")
     print(f"machine: {machine()}\n")
 
@@ -229,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         runs.append(results)
 
-    refs = [i.reference for i in bench_items]
-    langs = [i.language for i in bench_items]
+    refs = [i["reference"] for i in bench_items]
+    langs = [i["language"] for i in bench_items]
     rows = []
     for phase in phases:
         walls = [r[phase]["wall_s"] for r in runs]
@@ -259,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         overhead = {"median": round(statistics.median(ratios), 2), "per_repetition": [round(x, 2) for x in ratios]}
         print(f"\npipeline / stage wall time: median {overhead['median']} (per repetition: {overhead['per_repetition']})")
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "device": args.device,
-                                             "repetitions": args.repeat, "files": [str(i.path.name) for i in bench_items],
+                                             "repetitions": args.repeat, "files": [Path(i["path"]).name for i in bench_items],
+                                             "decoded_ahead": bool(args.decoded),
                                              "rows": rows, "pipeline_over_stage": overhead}, indent=2))
     return 0
 

@@ -26,26 +26,52 @@ class LocalResult:
     transcript: Transcript
 
 
+@dataclass
+class NormalizedTrack:
+    """A file already normalized (``media.normalize``): what the segment and transcribe stages read."""
+
+    audio: media.NormalizedAudio
+    source_sample_rate: int
+
+
 def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None = None) -> list[LocalResult]:
     """Normalize and segment each file, then decode all their windows in shared batches."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="scribeline-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    opts = stages.segmentation_options(settings)
 
     def prepare(i: int):
-        path = Path(paths[i])
-        info = media.probe(path)
-        norm = media.normalize(path, workdir / f"{i}.s16", info)
-        samples = media.open_audio(norm.path)
-        return path, info, norm, samples, segmentation.segment(samples, norm.gain_db, opts)
+        info = media.probe(Path(paths[i]))
+        track = NormalizedTrack(media.normalize(Path(paths[i]), workdir / f"{i}.s16", info), info.sample_rate)
+        return info, track, _windows(settings, track)
 
     # ffmpeg and the VAD use one core each: prepare files side by side, the largest first
     # (as the pipeline's normalize and segment waves do), then decode them all together.
     order = sorted(range(len(paths)), key=lambda i: -Path(paths[i]).stat().st_size)
+    prepared = _in_parallel(prepare, order)
+    transcripts = _transcribe(settings, [(track, windows) for _, track, windows in prepared])
+    return [LocalResult(Path(p), info, track.audio, windows, t)
+            for p, (info, track, windows), t in zip(paths, prepared, transcripts)]
+
+
+def transcribe_normalized(settings: Settings, tracks: list[NormalizedTrack]) -> list[tuple[list[segmentation.Window], Transcript]]:
+    """Segment and transcribe audio normalized earlier (where no ffmpeg is at hand: the GPU benchmark)."""
+    order = sorted(range(len(tracks)), key=lambda i: -tracks[i].audio.num_samples)
+    windows = _in_parallel(lambda i: _windows(settings, tracks[i]), order)
+    return list(zip(windows, _transcribe(settings, list(zip(tracks, windows)))))
+
+
+def _in_parallel(fn, order: list[int]) -> list:
+    """fn(i) for every index, those in ``order`` first, one per core; results in index order."""
     with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
-        done = dict(zip(order, pool.map(prepare, order)))
-    prepared = [done[i] for i in range(len(paths))]
-    jobs = [stages.audio_job(settings, samples, norm.gain_db, windows, info.sample_rate)
-            for _, info, norm, samples, windows in prepared]
-    transcripts = stages.transcriber(settings).transcribe(jobs)
-    return [LocalResult(p, info, norm, windows, t) for (p, info, norm, _, windows), t in zip(prepared, transcripts)]
+        done = dict(zip(order, pool.map(fn, order)))
+    return [done[i] for i in range(len(order))]
+
+
+def _windows(settings: Settings, track: NormalizedTrack) -> list[segmentation.Window]:
+    return segmentation.segment(media.open_audio(track.audio.path), track.audio.gain_db, stages.segmentation_options(settings))
+
+
+def _transcribe(settings: Settings, segmented: list[tuple[NormalizedTrack, list[segmentation.Window]]]) -> list[Transcript]:
+    jobs = [stages.audio_job(settings, media.open_audio(track.audio.path), track.audio.gain_db, windows, track.source_sample_rate)
+            for track, windows in segmented]
+    return stages.transcriber(settings).transcribe(jobs)

@@ -91,7 +91,7 @@ def test_model_work_runs_on_one_thread_whichever_thread_asks(settings, media_dir
 
 
 _VAD_THREADS_SCRIPT = """
-import os, sys, threading
+import os, sys, threading, time
 from pathlib import Path
 import torch
 from scribeline import media, segmentation
@@ -105,6 +105,11 @@ out = []
 t = threading.Thread(target=lambda: out.append(segmentation.segment(media.open_audio(norm.path), norm.gain_db)))
 t.start()
 t.join()
+# A joined thread can stay listed for a moment while the OS finishes its exit; a torch
+# (OpenMP) team never leaves.
+deadline = time.monotonic() + 2.0
+while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
+    time.sleep(0.01)
 print(before, len(os.listdir("/proc/self/task")), len(out[0]))
 """
 

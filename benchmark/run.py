@@ -118,6 +118,7 @@ def phase_stage(items: list[dict], model_spec: str, device: str) -> dict:
 def phase_pipeline(items: list[dict], model_spec: str, device: str) -> dict:
     # Prefect's ephemeral API, as `scribeline run` uses with nothing started.
     from scribeline import samples, services, stages, storage, warehouse
+    from scribeline.batching import queue_for
     from scribeline.config import Settings
 
     settings = Settings.from_env()
@@ -135,6 +136,9 @@ def phase_pipeline(items: list[dict], model_spec: str, device: str) -> dict:
         warm = samples.synthesize(data / "warm-up")[0]
         storage.upload_file(settings, warm, key=f"warm-up/{warm.name}")
         process_incoming()
+        tr = stages.transcriber(settings)
+        tr.timings.clear()  # the timed run's figures only, not the warm-up's
+        queue_for(tr).rounds.clear()
         for i, p in enumerate(paths):
             storage.upload_file(settings, p, key=keys[i])
         start = time.perf_counter()
@@ -144,9 +148,6 @@ def phase_pipeline(items: list[dict], model_spec: str, device: str) -> dict:
         services.stop(svc)
     df = warehouse.query(settings.warehouse, "select m.source_key, t.text from transcripts t join media m using (media_id)")
     by_key = dict(zip(df["source_key"], df["text"]))
-    from scribeline.batching import queue_for
-
-    tr = stages.transcriber(settings)
     states = [o["state"] for o in outcomes]
     return {"wall_s": wall, "texts": [by_key.get(k, "") for k in keys], "states": states,
             "transcriber_s": tr.timings, "batch_rounds": queue_for(tr).rounds}

@@ -131,8 +131,9 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     items = [_Media(ref, started) for ref in refs]
 
     _wave({"ingest": lambda m: ingest.submit(m.ref)}, items, settings)
+    loaded = stages.already_loaded(settings, [m.run_key for m in items if not m.failed])
     for m in items:  # a media already in the warehouse needs no work: archive it
-        if not m.failed and stages.already_loaded(settings, m.run_key):
+        if not m.failed and m.run_key in loaded:
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
     # A media's VAD starts as soon as its own audio is decoded. The largest file is submitted

@@ -242,8 +242,9 @@ def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, ch
     return _loads((settings.warehouse, row, tables))
 
 
-def already_loaded(settings: Settings, run_key: str) -> bool:
-    return warehouse.contains(settings.warehouse, run_key)
+def already_loaded(settings: Settings, run_keys: list[str]) -> set[str]:
+    """The run keys whose media are already in the warehouse."""
+    return warehouse.contained(settings.warehouse, run_keys)
 
 
 # ------------------------------------------------------------------ outcome

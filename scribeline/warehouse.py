@@ -159,14 +159,17 @@ def has_media(con: duckdb.DuckDBPyConnection, media_id: str) -> bool:
     return con.execute("SELECT count(*) FROM media WHERE media_id = ?", [media_id]).fetchone()[0] > 0
 
 
-def contains(path: Path, media_id: str) -> bool:
-    """Whether a media's rows are in the warehouse (False when there is no warehouse yet)."""
-    if not Path(path).exists():
-        return False
-    con = connect(path, read_only=True)
+def contained(path: Path, media_ids: Sequence[str]) -> set[str]:
+    """Which of these media already have their rows in the warehouse (none when there is no warehouse yet)."""
+    if not media_ids or not Path(path).exists():
+        return set()
+    con = connect(path, read_only=True)  # one opening for the whole list: each costs ~25 ms
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        return "media" in tables and has_media(con, media_id)
+        if "media" not in tables:
+            return set()
+        rows = con.execute("SELECT media_id FROM media WHERE list_contains(?, media_id)", [list(media_ids)]).fetchall()
+        return {r[0] for r in rows}
     finally:
         con.close()
 

@@ -33,6 +33,15 @@ def test_loading_the_same_media_twice_adds_nothing(tmp_path):
     assert before["media"] == 1 and before["segments"] == 2 and before["words"] == 2
 
 
+def test_the_flow_learns_in_one_query_which_media_are_already_loaded(tmp_path):
+    path = tmp_path / "w.duckdb"
+    assert warehouse.contained(path, ["m1"]) == set()  # no warehouse yet
+    warehouse.load(path, *_rows("m1"))
+    warehouse.load(path, *_rows("m3"))
+    assert warehouse.contained(path, ["m1", "m2", "m3"]) == {"m1", "m3"}
+    assert warehouse.contained(path, []) == set()
+
+
 
 def test_media_loaded_together_keep_their_own_transactions(tmp_path):
     path = tmp_path / "w.duckdb"

@@ -331,7 +331,8 @@ class _GroupedDecodingTask(whisper.decoding.DecodingTask):
     def __init__(self, model, options: whisper.DecodingOptions, graphed: bool = False):
         super().__init__(model, options)
         if graphed:
-            self.inference = GraphedInference(model, len(self.initial_tokens), graphs=model.device.type == "cuda")
+            self.inference = GraphedInference(model, len(self.initial_tokens), self.sample_len,
+                                              graphs=model.device.type == "cuda")
             if hasattr(self.decoder, "inference"):  # beam search holds the inference it rearranges
                 self.decoder.inference = self.inference
 

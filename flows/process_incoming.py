@@ -137,9 +137,7 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
     # A media's VAD starts as soon as its own audio is decoded. The largest file is submitted
-    # first; the decode slots (one ffmpeg per core) go in arrival order, which a strict
-    # largest-first order measured slower than (the long decode then shares the cores with
-    # every short one).
+    # first, and a freed decode slot (one ffmpeg per core) goes to the largest file waiting.
     _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"]),
            "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings,
           first=lambda m: -m.results["ingest"]["size"])

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import heapq
+import itertools
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -61,16 +64,46 @@ def _source_path(settings: Settings, ingested: dict) -> Path:
 
 
 # ---------------------------------------------------------------- normalize
-# One ffprobe + ffmpeg decode per core at a time: when a wave's files all decoded at once,
-# the longest (submitted first) shared the cores with every short one and finished last.
-_decoders = threading.BoundedSemaphore(cpu_threads())
+class _DecodeSlots:
+    """One ffprobe + ffmpeg decode per core at a time; a freed slot goes to the largest source waiting.
+
+    When a wave's files all decoded at once, the longest shared the cores with every short
+    one and finished last. With plain first-come slots, the order in which Prefect's task
+    threads reach them is arbitrary, and a wave's longest file (whose VAD and upload follow)
+    could wait behind every short one.
+    """
+
+    def __init__(self, slots: int):
+        self._cond = threading.Condition()
+        self._free = slots
+        self._waiting: list[tuple[int, int]] = []  # heap of (-size, arrival)
+        self._arrivals = itertools.count()
+
+    @contextmanager
+    def __call__(self, size: int):
+        me = (-size, next(self._arrivals))
+        with self._cond:
+            heapq.heappush(self._waiting, me)
+            self._cond.wait_for(lambda: self._free > 0 and self._waiting[0] == me)
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._cond.notify_all()  # a second free slot: the next largest may go too
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
+_decoders = _DecodeSlots(cpu_threads())
 
 
 def normalize(settings: Settings, ingested: dict) -> dict:
     """ffprobe facts + 16 kHz mono 16-bit track(s), stored in the normalized bucket."""
     src = _source_path(settings, ingested)
     decoded = []
-    with _decoders:
+    with _decoders(ingested["size"]):
         try:
             info = media.probe(src)
             channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]

@@ -47,3 +47,30 @@ def test_ingest_hashes_the_object_and_keys_it_by_content_and_configuration(s3, m
     finally:
         storage.client(s3).remove_object(ref.bucket, ref.key)
         stages.cleanup(s3, out["run_key"])
+
+
+def test_a_freed_decode_slot_goes_to_the_largest_source_waiting():
+    # The flow submits a wave's largest file first, but task threads reach the slots in no
+    # fixed order; the largest waiting must go next, so its VAD and upload do not trail the wave.
+    import threading
+    import time
+
+    slots = stages._DecodeSlots(1)
+    entered: list[int] = []
+    holder = slots(size=10)
+    holder.__enter__()
+
+    def decode(size: int):
+        with slots(size):
+            entered.append(size)
+
+    threads = []
+    for size in (1, 300, 20):  # arrival order
+        threads.append(threading.Thread(target=decode, args=(size,)))
+        threads[-1].start()
+        while len(slots._waiting) < len(threads):
+            time.sleep(0.001)
+    holder.__exit__(None, None, None)
+    for t in threads:
+        t.join(5)
+    assert entered == [300, 20, 1]

@@ -28,9 +28,7 @@ class GraphedInference(Inference):
     """One decode's forward passes: the prompt eagerly, then each step as a graph replay (``graphs=False``: eagerly)."""
 
     def __init__(self, model: "whisper.Whisper", initial_token_length: int, sample_len: int, graphs: bool = True):
-        self.model = model
         self.decoder = model.decoder
-        self.initial_token_length = initial_token_length
         # Room for the prompt and every token the loop may sample (as much as whisper's growing cache reaches).
         self.n_ctx = min(initial_token_length + sample_len, model.dims.n_text_ctx)
         self.graphs = graphs

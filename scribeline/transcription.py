@@ -368,7 +368,6 @@ class Transcriber:
         self.fp16 = device.startswith("cuda")
         self.dtype = torch.float16 if self.fp16 else torch.float32
         self.batch_size = options.batch_size or default_batch_size(device)
-        self.graphed = self.fp16  # on a GPU the decoder steps run as CUDA graphs (see graphed_decoding)
         self.timings: dict[str, float] = {}  # seconds per step, summed over this transcriber's life
         # On a CPU with native bfloat16 the encoder (compute-bound) runs in bfloat16.
         self.cpu_bf16 = device == "cpu" and getattr(model, "scribeline_cpu_optimized", False) and cpu_bf16_supported()
@@ -427,7 +426,8 @@ class Transcriber:
             without_timestamps=True,  # window edges + word alignment give the times
             fp16=self.fp16,
         )
-        return _GroupedDecodingTask(self.model, opts, graphed=self.graphed).run(features)
+        # On a GPU the decoder steps run as CUDA graphs (see graphed_decoding).
+        return _GroupedDecodingTask(self.model, opts, graphed=self.fp16).run(features)
 
     def _needs_fallback(self, r) -> bool:
         o = self.options

@@ -135,14 +135,16 @@ def phase_pipeline(items: list[dict], model_spec: str, device: str) -> dict:
         # for each bucket (SeaweedFS does that on a bucket's first write).
         warm = samples.synthesize(data / "warm-up")[0]
         storage.upload_file(settings, warm, key=f"warm-up/{warm.name}")
-        process_incoming()
+        with services.ephemeral_flow_runs():  # as `scribeline run` does
+            process_incoming()
         tr = stages.transcriber(settings)
         tr.timings.clear()  # the timed run's figures only, not the warm-up's
         queue_for(tr).rounds.clear()
         for i, p in enumerate(paths):
             storage.upload_file(settings, p, key=keys[i])
         start = time.perf_counter()
-        outcomes = process_incoming()
+        with services.ephemeral_flow_runs():
+            outcomes = process_incoming()
         wall = time.perf_counter() - start
     finally:
         services.stop(svc)

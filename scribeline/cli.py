@@ -101,9 +101,11 @@ def cmd_run(settings: Settings, args) -> int:
         if args.paths:
             _upload(settings, args.paths)
         from flows.process_incoming import process_incoming
+        from scribeline import services
 
         try:
-            outcomes = process_incoming(max_objects=args.max_objects)
+            with services.ephemeral_flow_runs():
+                outcomes = process_incoming(max_objects=args.max_objects)
         except Exception as exc:  # noqa: BLE001 - the flow failed as a whole; its media stay in incoming
             print(f"scribeline: the run failed, nothing was moved out of the incoming bucket: "
                   f"{type(exc).__name__}: {exc}", file=sys.stderr)

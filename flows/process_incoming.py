@@ -67,16 +67,16 @@ def _attempts(future) -> int:
         return 1
 
 
-def _wave(stages_: dict, items: list[_Media], settings: Settings, first=None) -> None:
+def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     """Submit the given stages for every live media, wait, and quarantine the failures.
 
     Stages of one wave run side by side (validate and redact both read the transcript),
     or a later one takes an earlier one's future from ``m.futures`` (segment waits only
     for its own media's normalize). A media that fails any of them is quarantined with
-    the first failed stage in the order given. ``first``: a sort key for the order in
-    which media are submitted (the task runner starts them in that order).
+    the first failed stage in the order given. The largest media are submitted first (the
+    task runner starts them in that order): theirs is the longest chain in every wave.
     """
-    live = sorted((m for m in items if m.live), key=first or (lambda m: 0))
+    live = sorted((m for m in items if m.live), key=lambda m: -m.ref.size)
     if not live:
         return
     started = time.perf_counter()
@@ -136,11 +136,11 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
         if not m.failed and m.run_key in loaded:
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
-    # A media's VAD starts as soon as its own audio is decoded. The largest file is submitted
-    # first, and a freed decode slot (one ffmpeg per core) goes to the largest file waiting.
-    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"]),
-           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings,
-          first=lambda m: -m.results["ingest"]["size"])
+    # A media's VAD starts as soon as its own audio is decoded. A freed decode slot (one
+    # ffmpeg per core) goes to the largest file waiting.
+    wave_size = sum(m.live for m in items)
+    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"], wave_size),
+           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
     # The transcriber batches the windows of the whole wave: it starts once all have arrived.
     wave_size = sum(m.live for m in items)
     _wave({"transcribe": lambda m: transcribe.submit(m.run_key, quote(m.results["segment"]), wave_size)}, items, settings)

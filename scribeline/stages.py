@@ -70,21 +70,39 @@ class _DecodeSlots:
     When a wave's files all decoded at once, the longest shared the cores with every short
     one and finished last. With plain first-come slots, the order in which Prefect's task
     threads reach them is arbitrary, and a wave's longest file (whose VAD and upload follow)
-    could wait behind every short one.
+    could wait behind every short one. The first of a wave also holds the idle slots until
+    the ``expected`` rest of its wave has arrived (they come within ~25 ms; at most
+    ``gather_s``): the first two to arrive used to take both slots, and the longest file
+    started 0.24 s late.
     """
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, gather_s: float = 0.2):
         self._cond = threading.Condition()
-        self._free = slots
+        self._slots = self._free = slots
         self._waiting: list[tuple[int, int]] = []  # heap of (-size, arrival)
         self._arrivals = itertools.count()
+        self._gather_s = gather_s
+        self._expected = 0  # arrivals awaited before the first slot of a wave is given
+        self._gather_until = 0.0
+
+    def _gathering(self) -> float:
+        """Seconds left to wait for the rest of the wave (0: give slots)."""
+        left = self._gather_until - time.monotonic()
+        if len(self._waiting) >= self._expected or left <= 0:
+            self._expected = 0
+            return 0.0
+        return left
 
     @contextmanager
-    def __call__(self, size: int):
+    def __call__(self, size: int, expected: int = 0):
         me = (-size, next(self._arrivals))
         with self._cond:
+            if expected > 1 and self._free == self._slots and not self._waiting:  # the first of a wave
+                self._expected, self._gather_until = expected, time.monotonic() + self._gather_s
             heapq.heappush(self._waiting, me)
-            self._cond.wait_for(lambda: self._free > 0 and self._waiting[0] == me)
+            self._cond.notify_all()
+            while (left := self._gathering()) or not (self._free > 0 and self._waiting[0] == me):
+                self._cond.wait(left or None)
             heapq.heappop(self._waiting)
             self._free -= 1
             self._cond.notify_all()  # a second free slot: the next largest may go too
@@ -99,11 +117,13 @@ class _DecodeSlots:
 _decoders = _DecodeSlots(cpu_threads())
 
 
-def normalize(settings: Settings, ingested: dict) -> dict:
-    """ffprobe facts + 16 kHz mono 16-bit track(s), stored in the normalized bucket."""
+def normalize(settings: Settings, ingested: dict, wave_size: int = 0) -> dict:
+    """ffprobe facts + 16 kHz mono 16-bit track(s), stored in the normalized bucket.
+
+    ``wave_size``: how many media the flow submitted together (they share the decode slots)."""
     src = _source_path(settings, ingested)
     decoded = []
-    with _decoders(ingested["size"]):
+    with _decoders(ingested["size"], wave_size):
         try:
             info = media.probe(src)
             channels = list(range(info.channels)) if settings.split_channels and info.channels > 1 else [None]

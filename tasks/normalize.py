@@ -8,6 +8,8 @@ from tasks.common import retry_unless_bad_media, run_key_cache, settings
 
 @task(name="normalize", task_run_name="normalize {run_key}", cache_key_fn=run_key_cache("normalize"),
       persist_result=True, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_media)
-def normalize(run_key: str, ingested: dict) -> dict:
-    """Probes the media and decodes it to 16 kHz mono 16-bit PCM (ffprobe/ffmpeg, CPU; normalized bucket)."""
-    return stages.normalize(settings(), ingested)
+def normalize(run_key: str, ingested: dict, wave_size: int = 0) -> dict:
+    """Probes the media and decodes it to 16 kHz mono 16-bit PCM (ffprobe/ffmpeg, CPU; normalized bucket).
+
+    ``wave_size`` media were submitted together: the largest of them decodes first."""
+    return stages.normalize(settings(), ingested, wave_size)

@@ -74,3 +74,47 @@ def test_a_freed_decode_slot_goes_to_the_largest_source_waiting():
     for t in threads:
         t.join(5)
     assert entered == [300, 20, 1]
+
+
+def test_the_first_slots_of_a_wave_wait_for_its_largest_sources():
+    # The tasks of one wave reach the slots within ~25 ms, the largest not necessarily first.
+    import threading
+    import time
+
+    slots = stages._DecodeSlots(2, gather_s=30)
+    entered: list[int] = []
+    release = threading.Event()
+
+    def decode(size: int):
+        with slots(size, expected=4):
+            entered.append(size)
+            release.wait(10)
+
+    threads = []
+    for size in (1, 2, 300, 20):  # arrival order
+        threads.append(threading.Thread(target=decode, args=(size,)))
+        threads[-1].start()
+        while len(slots._waiting) + len(entered) < len(threads):
+            time.sleep(0.001)
+    while len(entered) < 2:
+        time.sleep(0.001)
+    assert sorted(entered) == [20, 300]
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert sorted(entered[2:]) == [1, 2]
+
+
+def test_a_wave_whose_other_media_never_come_still_decodes():
+    # E.g. the rest of the wave's normalize results came from the cache: the gather times out.
+    import threading
+
+    slots = stages._DecodeSlots(2, gather_s=0.05)
+    done = threading.Event()
+
+    def decode():
+        with slots(5, expected=3):
+            done.set()
+
+    threading.Thread(target=decode).start()
+    assert done.wait(5)

@@ -69,6 +69,7 @@ class Settings:
     narrowband_beam_size: int = 5  # beam search for sources sampled at ≤ 8 kHz (telephony); 1: greedy
     cpu_int8: bool = True  # int8 dynamic quantization of the model on CPU
     word_timestamps: bool = True
+    pack_short_windows: bool = True  # windows ≤ 15 s of any media share one 30-s whisper input
     split_channels: bool = False  # transcribe each channel of a stereo call separately
     # Segmentation.
     vad_threshold: float = 0.5
@@ -164,6 +165,7 @@ class Settings:
             "narrowband_beam_size": self.narrowband_beam_size,
             "cpu_int8": self.cpu_int8,
             "word_timestamps": self.word_timestamps,
+            "pack_short_windows": self.pack_short_windows,
             "split_channels": self.split_channels,
             "vad_threshold": self.vad_threshold,
             "max_window_s": self.max_window_s,

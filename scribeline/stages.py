@@ -176,7 +176,7 @@ def _transcriber(model: str, device: str, options: TranscribeOptions, download_r
 def transcribe_options(settings: Settings) -> TranscribeOptions:
     return TranscribeOptions(language=settings.language or None, task=settings.task, batch_size=settings.batch_size,
                              beam_size=settings.beam_for(None),
-                             word_timestamps=settings.word_timestamps)
+                             word_timestamps=settings.word_timestamps, pack_short_windows=settings.pack_short_windows)
 
 
 _transcriber_lock = threading.Lock()

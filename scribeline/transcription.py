@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -51,6 +52,7 @@ class TranscribeOptions:
     beam_size: int | None = 5  # beam search at temperature 0 (None: greedy)
     best_of: int = 5  # samples per window when falling back to temperature > 0
     language_windows: int = 3  # speech windows used to detect a file's language
+    pack_short_windows: bool = True  # short windows share one 30-s input (needs word timestamps to split)
 
 
 @dataclass
@@ -110,6 +112,75 @@ class AudioJob:
     windows: Sequence[Window]
     channel: int | None = None
     beam_size: int | None = None  # overrides the options' beam size for this track (narrowband audio)
+
+
+# ------------------------------------------------------------------ packing
+PACK_MAX_S = 15.0  # windows at most this long may share one whisper input...
+PACK_GAP_S = 1.0  # ...with this much silence between them
+PACK_SPILL_S = 0.3  # a word centred further than this outside its window's audio voids the packing
+
+
+@dataclass
+class _Input:
+    """One whisper input: a window, or several short windows packed with silence between them."""
+
+    parts: list[tuple[int, Window]]  # (job index, window), in the order they are laid out
+
+    @property
+    def packed(self) -> bool:
+        return len(self.parts) > 1
+
+    def offsets(self) -> list[int]:
+        """Sample offset of each part in the input's audio."""
+        out, at = [], 0
+        for _, w in self.parts:
+            out.append(at)
+            at += w.num_samples + int(PACK_GAP_S * SAMPLE_RATE)
+        return out
+
+    @property
+    def num_samples(self) -> int:
+        return self.offsets()[-1] + self.parts[-1][1].num_samples
+
+    def speech_samples(self) -> int:
+        return sum(s.end - s.start for _, w in self.parts for s in w.speech)
+
+    def read(self, jobs: Sequence[AudioJob]) -> np.ndarray:
+        gap = np.zeros(int(PACK_GAP_S * SAMPLE_RATE), dtype=np.float32)
+        pieces = []
+        for j, w in self.parts:
+            if pieces:
+                pieces.append(gap)
+            pieces.append(np.asarray(jobs[j].read(w.start, w.end), dtype=np.float32))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def pack_windows(parts: list[tuple[int, Window]], max_s: float = PACK_MAX_S, gap_s: float = PACK_GAP_S) -> list[_Input]:
+    """Whisper inputs for windows that share a language and beam: first-fit decreasing.
+
+    A window costs the encoder, and every decoding step's cross-attention, a full 30 s
+    whatever its length. Windows of at most ``max_s`` (of any jobs) are laid out
+    together, ``gap_s`` of silence apart, up to 30 s; longer windows stay alone.
+    """
+    limit = N_SAMPLES
+    gap = int(gap_s * SAMPLE_RATE)
+    inputs: list[_Input] = []
+    fill: list[int] = []
+    for part in sorted(parts, key=lambda p: -p[1].num_samples):
+        n = part[1].num_samples
+        if n <= max_s * SAMPLE_RATE:
+            for k, used in enumerate(fill):
+                if used + gap + n <= limit:
+                    inputs[k].parts.append(part)
+                    fill[k] = used + gap + n
+                    break
+            else:
+                inputs.append(_Input([part]))
+                fill.append(n)
+        else:
+            inputs.append(_Input([part]))
+            fill.append(limit + 1)  # never shared
+    return inputs
 
 
 # --------------------------------------------------------------------- model
@@ -454,38 +525,63 @@ class Transcriber:
     @torch.no_grad()
     def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
         languages = [self.detect_language(job) for job in jobs]
-        items = [(j, w) for j, job in enumerate(jobs) for w in job.windows]
         beams = [job.beam_size or self.options.beam_size for job in jobs]
-        # Group by language and beam so that one batch shares one decoder set-up, and by
-        # length so that a batch's windows need similar numbers of decoding steps.
-        items.sort(key=lambda it: (languages[it[0]][0], beams[it[0]] or 1, sum(s.end - s.start for s in it[1].speech)))
+
+        def setup(inp: _Input) -> tuple[str, int | None]:
+            j = inp.parts[0][0]
+            return languages[j][0], beams[j]
+
+        def order(inputs: list[_Input]) -> list[_Input]:
+            # By language and beam so that one batch shares one decoder set-up, and by length
+            # so that a batch's inputs need similar numbers of decoding steps.
+            return sorted(inputs, key=lambda inp: (setup(inp)[0], setup(inp)[1] or 1, inp.speech_samples()))
+
+        alike: dict[tuple[str, int | None], list[tuple[int, Window]]] = {}
+        for j, job in enumerate(jobs):
+            alike.setdefault((languages[j][0], beams[j]), []).extend((j, w) for w in job.windows)
+        pack = self.options.pack_short_windows and self.options.word_timestamps  # word times split packed text
+        queue = order([inp for parts in alike.values()
+                       for inp in (pack_windows(parts) if pack else [_Input([p]) for p in parts])])
         per_job: list[list[Segment]] = [[] for _ in jobs]
         silent = [0] * len(jobs)
-        done = 0
-        for lo in range(0, len(items), self.batch_size):
-            batch = items[lo : lo + self.batch_size]
-            groups: dict[tuple[str, int | None], list[int]] = {}
-            for i, (j, _) in enumerate(batch):
-                groups.setdefault((languages[j][0], beams[j]), []).append(i)
-            with self._timed("read"):
-                samples = [jobs[j].read(w.start, w.end) for j, w in batch]
-            with self._timed("encode"):
-                step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
-                features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
-            for (language, beam), idx in groups.items():
-                sub = features[idx]
-                with self._timed("decode"):
-                    results = self._decode_with_fallback(sub, language, beam)
-                for k, r in zip(idx, results):
-                    j, window = batch[k]
-                    if self._is_silent(r):
-                        silent[j] += 1
-                        continue
-                    with self._timed("align"):
-                        per_job[j].extend(self._segments(window, r, sub[idx.index(k)], language, jobs[j].channel))
-            done += len(batch)
-            if progress:
-                progress(done, len(items))
+        done, total = 0, len(queue)
+        while queue:
+            unpacked: list[_Input] = []  # packed inputs whose text could not be split: decoded again alone
+            for lo in range(0, len(queue), self.batch_size):
+                batch = queue[lo : lo + self.batch_size]
+                groups: dict[tuple[str, int | None], list[int]] = {}
+                for i, inp in enumerate(batch):
+                    groups.setdefault(setup(inp), []).append(i)
+                with self._timed("read"):
+                    samples = [inp.read(jobs) for inp in batch]
+                with self._timed("encode"):
+                    step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
+                    features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
+                for (language, beam), idx in groups.items():
+                    sub = features[idx]
+                    with self._timed("decode"):
+                        results = self._decode_with_fallback(sub, language, beam)
+                    for n, (k, r) in enumerate(zip(idx, results)):
+                        inp = batch[k]
+                        placed = None
+                        if not self._is_silent(r):
+                            with self._timed("align"):
+                                placed = self._segments(inp, r, sub[n], language, jobs)
+                        elif not inp.packed:
+                            silent[inp.parts[0][0]] += 1
+                            continue
+                        if placed is None:  # a packed input judged silent, or its words not in its windows
+                            unpacked.extend(_Input([p]) for p in inp.parts)
+                            continue
+                        for j, segs in placed:
+                            per_job[j].extend(segs)
+                done += len(batch)
+                if progress:
+                    progress(done, total + len(unpacked))
+            if unpacked:
+                log.info("decoding %d packed windows again alone", len(unpacked))
+            total += len(unpacked)
+            queue = order(unpacked)
         out = []
         for j, job in enumerate(jobs):
             segs = sorted(per_job[j], key=lambda s: s.start)
@@ -505,39 +601,78 @@ class Transcriber:
             pending = [i for i in pending if self._needs_fallback(results[i])]
         return results
 
-    def _segments(self, window: Window, r, features: torch.Tensor, language: str, channel: int | None) -> list[Segment]:
-        offset = window.start / SAMPLE_RATE  # exact: an integer sample count
-        duration = window.num_samples / SAMPLE_RATE
+    def _segments(self, inp: _Input, r, features: torch.Tensor, language: str,
+                  jobs: Sequence[AudioJob]) -> list[tuple[int, list[Segment]]] | None:
+        """Each part's segments, as (job index, segments); None where a packed input's words
+        cannot be told apart by window (one lies in a gap, or a window got none)."""
         base = dict(
-            window_index=window.index,
             avg_logprob=round(float(r.avg_logprob), 4),
             no_speech_prob=round(float(r.no_speech_prob), 4),
             compression_ratio=round(float(r.compression_ratio), 4),
             temperature=float(r.temperature),
-            channel=channel,
         )
-        if not self.options.word_timestamps:
+        if not self.options.word_timestamps:  # never packed
+            j, window = inp.parts[0]
             first = window.speech[0].start if window.speech else window.start
             last = window.speech[-1].end if window.speech else window.end
-            return [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), **base)]
+            return [(j, [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), window.index,
+                                 channel=jobs[j].channel, **base)])]
+        words = self._aligned_words(r, features, language, inp.num_samples)
+        split = _split_words(inp, words) if inp.packed else [words]
+        if split is None:
+            return None
+        out = []
+        for (j, window), at, ws in zip(inp.parts, inp.offsets(), split):
+            shift, duration = at / SAMPLE_RATE, window.num_samples / SAMPLE_RATE
+            start = window.start / SAMPLE_RATE  # exact: an integer sample count
+            timed = [Word(round(start + min(max(w.start - shift, 0.0), duration), 3),
+                          round(start + min(max(w.end - shift, 0.0), duration), 3), w.word, w.probability) for w in ws]
+            if inp.packed and timed and window.speech:
+                # Whisper's word times are contiguous: the silence before a packed window goes to
+                # the previous window's last word or to this one's first. Where it went to the
+                # previous, the first word starts late (0.4 s measured); the VAD's onset is sure.
+                onset = window.speech[0].start / SAMPLE_RATE
+                if onset < timed[0].start < timed[0].end:
+                    timed[0] = dataclasses.replace(timed[0], start=round(onset, 3))
+            row = dict(window_index=window.index, channel=jobs[j].channel, **base)
+            if not timed:  # only an unpacked window: a packed one without words was refused above
+                out.append((j, [Segment(start, start + duration, r.text.strip(), **row)]))
+                continue
+            out.append((j, [Segment(s[0].start, s[-1].end, "".join(w.word for w in s).strip(), words=s, **row)
+                            for s in _sentences(timed)]))
+        return out
+
+    def _aligned_words(self, r, features: torch.Tensor, language: str, num_samples: int) -> list[Word]:
+        """whisper's word alignment of a decoded input; times in seconds from its start."""
         tokenizer = get_tokenizer(
             self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=self.options.task
         )
-        seg = {"tokens": r.tokens, "seek": 0, "start": 0.0, "end": duration}
+        seg = {"tokens": r.tokens, "seek": 0, "start": 0.0, "end": num_samples / SAMPLE_RATE}
         add_word_timestamps(
             segments=[seg], model=_EncodedModel(self.model), tokenizer=tokenizer, mel=features,
-            num_frames=window.num_samples // 160, last_speech_timestamp=0.0,
+            num_frames=num_samples // 160, last_speech_timestamp=0.0,
         )
-        words = [
-            Word(round(offset + min(float(w["start"]), duration), 3), round(offset + min(float(w["end"]), duration), 3), w["word"], round(float(w["probability"]), 4))
-            for w in seg.get("words", [])
-        ]
-        if not words:
-            return [Segment(offset, offset + duration, r.text.strip(), **base)]
-        return [
-            Segment(ws[0].start, ws[-1].end, "".join(w.word for w in ws).strip(), words=ws, **base)
-            for ws in _sentences(words)
-        ]
+        return [Word(float(w["start"]), float(w["end"]), w["word"], round(float(w["probability"]), 4))
+                for w in seg.get("words", [])]
+
+
+def _split_words(inp: _Input, words: list[Word]) -> list[list[Word]] | None:
+    """A packed input's words, per part, by where each word's middle lies.
+
+    None if a word's middle lies more than PACK_SPILL_S outside its part's audio (in a
+    gap: it cannot be told whose it is) or a part got no words (whisper skipped it):
+    then the parts are decoded again alone rather than risk text landing in the wrong file.
+    """
+    spans = [(at / SAMPLE_RATE, (at + w.num_samples) / SAMPLE_RATE) for at, (_, w) in zip(inp.offsets(), inp.parts)]
+    out: list[list[Word]] = [[] for _ in spans]
+    for word in words:
+        middle = (word.start + word.end) / 2
+        k = next((i for i, (_, end) in enumerate(spans) if middle < end + PACK_GAP_S / 2), len(spans) - 1)
+        lo, hi = spans[k]
+        if not lo - PACK_SPILL_S <= middle <= hi + PACK_SPILL_S:
+            return None
+        out[k].append(word)
+    return out if all(out) else None
 
 
 def _sentences(words: list[Word]) -> list[list[Word]]:

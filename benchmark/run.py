@@ -19,9 +19,11 @@ the stage starts at segmentation. Neither side pays for decoding the media.
 Model loading (and, for the pipeline, loading Presidio's and Great Expectations'
 engines, and starting the servers) happens before the clock starts: it is a cost
 per worker process, not per file. Prints a table and writes it as JSON. With
-``--repeat N`` the phases run N times in turn and the table gives medians: on a
-shared machine one phase's wall time moves by ±15 % between runs, so speed-ups
-are taken as ratios within each repetition.
+``--repeat N`` the phases run N times and the table gives medians: on a shared
+machine one phase's wall time moves by ±15 % between runs, so speed-ups are taken
+as ratios within each repetition, and each repetition starts one phase later than
+the one before (with 3 phases, a multiple of 3 repetitions puts every phase after
+every other equally often).
 """
 
 from __future__ import annotations
@@ -284,11 +286,16 @@ def main(argv: list[str] | None = None) -> int:
 
     phases = args.phases.split(",")
     runs: list[dict] = []  # one dict per repetition: phase -> result
+    orders: list[list[str]] = []
     for rep in range(args.repeat):
+        # Each repetition starts one phase later, so that no phase always runs right after the
+        # same other one (the machine's state after a phase is not the state before it).
+        order = phases[rep % len(phases):] + phases[: rep % len(phases)]
+        orders.append(order)
         if args.repeat > 1:
-            print(f"repetition {rep + 1} of {args.repeat}")
+            print(f"repetition {rep + 1} of {args.repeat}: {', '.join(order)}")
         results = {}
-        for phase in phases:
+        for phase in order:
             results[phase] = _run_phase_process(phase, args, spec_path)
             if results[phase] is None:
                 return 1
@@ -325,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npipeline / stage wall time: median {overhead['median']} (per repetition: {overhead['per_repetition']})")
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "device": args.device,
                                              "repetitions": args.repeat, "files": [Path(i["path"]).name for i in bench_items],
-                                             "decoded_ahead": bool(args.decoded),
+                                             "decoded_ahead": bool(args.decoded), "phase_order": orders,
                                              "rows": rows, "pipeline_over_stage": overhead}, indent=2))
     return 0
 

@@ -12,11 +12,11 @@ for decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from contextlib import contextmanager
-import dataclasses
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -278,8 +278,11 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
     """
 
     prepared_dtype: torch.dtype = torch.float32
+    kept: tuple[torch.Tensor, torch.Tensor] | None = None  # one input's laid-out keys/values, for its alignment
 
     def forward(self, x, xa=None, mask=None, kv_cache=None):
+        if kv_cache is None and xa is not None and self.kept is not None:
+            return self._attend_kept(x)
         if kv_cache is None or xa is None or self.key not in kv_cache:
             return super().forward(x, xa, mask, kv_cache)
         kt, vv = kv_cache[self.key], kv_cache[self.value]
@@ -298,6 +301,17 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
         weights = torch.softmax((q @ kt).float(), dim=-1).to(kt.dtype)
         out = (weights @ vv).permute(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state).to(x.dtype)
         return self.out(out), None
+
+    def _attend_kept(self, x):
+        """Word alignment's pass over a decoded input: the keys and values decoding laid out,
+        not computed again from the 1,500 audio states; returns the weights alignment reads."""
+        kt, vv = self.kept
+        q = self.query(x)
+        n_batch, n_ctx, n_state = q.shape
+        q = q.view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3).to(kt.dtype)
+        qk = (q @ kt).float()  # kt carries whisper's scaling: these are whisper's qk
+        out = (torch.softmax(qk, dim=-1).to(vv.dtype) @ vv).permute(0, 2, 1, 3).reshape(n_batch, n_ctx, n_state)
+        return self.out(out.to(x.dtype)), qk
 
 
 def quantize_for_cpu(model):
@@ -389,6 +403,38 @@ def median_filter(x: torch.Tensor, filter_width: int) -> torch.Tensor:
 whisper.timing.median_filter = median_filter
 
 
+@dataclass
+class _AudioKeys:
+    """A decoded batch's cross-attention keys and values, per decoder block, as decoding laid them out."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (keys [rows, heads, dim, frames], values [rows, heads, frames, dim])
+    rows_per_input: int  # beam search and best-of repeat each input
+
+    @classmethod
+    def kept_by(cls, model, kv_cache: dict | None, n_group: int) -> "_AudioKeys | None":
+        layers = []
+        for block in model.decoder.blocks:
+            att = block.cross_attn
+            kt = (kv_cache or {}).get(att.key)
+            if not isinstance(att, _PreparedCrossAttention) or kt is None or kt.ndim != 4:
+                return None  # whisper's own attention (GPU): alignment computes them again
+            layers.append((kt, kv_cache[att.value]))
+        return cls(layers, n_group)
+
+    @contextmanager
+    def aligning(self, model, index: int):
+        """Word alignment of input ``index`` of the batch reads its keys and values from here."""
+        row = index * self.rows_per_input
+        blocks = model.decoder.blocks
+        try:
+            for block, (kt, vv) in zip(blocks, self.layers):
+                block.cross_attn.kept = (kt[row : row + 1], vv[row : row + 1])
+            yield
+        finally:
+            for block in blocks:
+                block.cross_attn.kept = None
+
+
 class _GroupedDecodingTask(whisper.decoding.DecodingTask):
     """whisper's DecodingTask with the audio features repeated per beam / sample.
 
@@ -406,6 +452,18 @@ class _GroupedDecodingTask(whisper.decoding.DecodingTask):
                                               graphs=model.device.type == "cuda")
             if hasattr(self.decoder, "inference"):  # beam search holds the inference it rearranges
                 self.decoder.inference = self.inference
+
+    def run(self, mel: torch.Tensor):
+        """whisper's run; the cross-attention keys and values it laid out are kept in ``audio_keys``."""
+        self.audio_keys: _AudioKeys | None = None
+        inference, cleanup = self.inference, self.inference.cleanup_caching
+
+        def keep_then_clean_up():
+            self.audio_keys = _AudioKeys.kept_by(self.model, getattr(inference, "kv_cache", None), self.n_group)
+            cleanup()
+
+        inference.cleanup_caching = keep_then_clean_up
+        return super().run(mel)
 
     def _get_audio_features(self, mel: torch.Tensor) -> torch.Tensor:
         features = super()._get_audio_features(mel)
@@ -498,7 +556,9 @@ class Transcriber:
             fp16=self.fp16,
         )
         # On a GPU the decoder steps run as CUDA graphs (see graphed_decoding).
-        return _GroupedDecodingTask(self.model, opts, graphed=self.fp16).run(features)
+        task = _GroupedDecodingTask(self.model, opts, graphed=self.fp16)
+        results = task.run(features)
+        return results, task.audio_keys
 
     def _needs_fallback(self, r) -> bool:
         o = self.options
@@ -560,13 +620,13 @@ class Transcriber:
                 for (language, beam), idx in groups.items():
                     sub = features[idx]
                     with self._timed("decode"):
-                        results = self._decode_with_fallback(sub, language, beam)
+                        results, keys = self._decode_with_fallback(sub, language, beam)
                     for n, (k, r) in enumerate(zip(idx, results)):
                         inp = batch[k]
                         placed = None
                         if not self._is_silent(r):
                             with self._timed("align"):
-                                placed = self._segments(inp, r, sub[n], language, jobs)
+                                placed = self._segments(inp, r, sub[n], language, jobs, keys[n])
                         elif not inp.packed:
                             silent[inp.parts[0][0]] += 1
                             continue
@@ -588,21 +648,24 @@ class Transcriber:
             out.append(Transcript(languages[j][0], round(languages[j][1], 4), segs, len(job.windows), silent[j]))
         return out
 
-    def _decode_with_fallback(self, features: torch.Tensor, language: str, beam_size: int | None) -> list:
+    def _decode_with_fallback(self, features: torch.Tensor, language: str, beam_size: int | None) -> tuple[list, list]:
+        """Each input's result, and where the keys and values of the decode that gave it are (or None)."""
         temps = self.options.temperatures
-        results = list(self._decode(features, language, temps[0], beam_size))
+        results, kept = self._decode(features, language, temps[0], beam_size)
+        results = list(results)
+        keys = [(kept, i) for i in range(len(results))]
         pending = [i for i, r in enumerate(results) if self._needs_fallback(r)]
         for t in temps[1:]:
             if not pending:
                 break
-            retried = self._decode(features[pending], language, t, None)
-            for i, r in zip(pending, retried):
-                results[i] = r
+            retried, kept = self._decode(features[pending], language, t, None)
+            for n, (i, r) in enumerate(zip(pending, retried)):
+                results[i], keys[i] = r, (kept, n)
             pending = [i for i in pending if self._needs_fallback(results[i])]
-        return results
+        return results, keys
 
-    def _segments(self, inp: _Input, r, features: torch.Tensor, language: str,
-                  jobs: Sequence[AudioJob]) -> list[tuple[int, list[Segment]]] | None:
+    def _segments(self, inp: _Input, r, features: torch.Tensor, language: str, jobs: Sequence[AudioJob],
+                  keys: tuple[_AudioKeys | None, int] = (None, 0)) -> list[tuple[int, list[Segment]]] | None:
         """Each part's segments, as (job index, segments); None where a packed input's words
         cannot be told apart by window (one lies in a gap, or a window got none)."""
         base = dict(
@@ -617,7 +680,7 @@ class Transcriber:
             last = window.speech[-1].end if window.speech else window.end
             return [(j, [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), window.index,
                                  channel=jobs[j].channel, **base)])]
-        words = self._aligned_words(r, features, language, inp.num_samples)
+        words = self._aligned_words(r, features, language, inp.num_samples, keys)
         split = _split_words(inp, words) if inp.packed else [words]
         if split is None:
             return None
@@ -642,16 +705,22 @@ class Transcriber:
                             for s in _sentences(timed)]))
         return out
 
-    def _aligned_words(self, r, features: torch.Tensor, language: str, num_samples: int) -> list[Word]:
-        """whisper's word alignment of a decoded input; times in seconds from its start."""
+    def _aligned_words(self, r, features: torch.Tensor, language: str, num_samples: int,
+                       keys: tuple[_AudioKeys | None, int]) -> list[Word]:
+        """whisper's word alignment of a decoded input; times in seconds from its start.
+
+        Where the decode kept its cross-attention keys and values (the CPU path), the
+        alignment pass reads them instead of computing them again from the audio."""
         tokenizer = get_tokenizer(
             self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task=self.options.task
         )
         seg = {"tokens": r.tokens, "seek": 0, "start": 0.0, "end": num_samples / SAMPLE_RATE}
-        add_word_timestamps(
-            segments=[seg], model=_EncodedModel(self.model), tokenizer=tokenizer, mel=features,
-            num_frames=num_samples // 160, last_speech_timestamp=0.0,
-        )
+        kept, index = keys
+        with kept.aligning(self.model, index) if kept is not None else nullcontext():
+            add_word_timestamps(
+                segments=[seg], model=_EncodedModel(self.model), tokenizer=tokenizer, mel=features,
+                num_frames=num_samples // 160, last_speech_timestamp=0.0,
+            )
         return [Word(float(w["start"]), float(w["end"]), w["word"], round(float(w["probability"]), 4))
                 for w in seg.get("words", [])]
 

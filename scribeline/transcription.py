@@ -1,13 +1,15 @@
 """Batched openai-whisper decoding of speech windows, one path for CPU and GPU.
 
 Each window (≤ 30 s, cut in pauses by segmentation) is an independent whisper
-input: windows of one file, and of several files, go through the encoder and
-``whisper.decode`` together as a batch. No text is carried from one window into
-the next, which is what keeps long recordings free of repetition loops. Per
-window, whisper's own safeguards apply: temperature fallback on compression
-ratio and log-probability, and no-speech detection. Word timestamps come from
-whisper's cross-attention alignment, run on the encoder output already computed
-for decoding.
+input, or, if 15 s or shorter, shares one with other short windows (packed 1 s of
+silence apart; its words are split back by their times): inputs of one file, and
+of several files, go through the encoder and ``whisper.decode`` together as a
+batch. No text is carried from one input into the next, which is what keeps long
+recordings free of repetition loops. Per input, whisper's own safeguards apply:
+temperature fallback on compression ratio and log-probability, and no-speech
+detection. Word timestamps come from whisper's cross-attention alignment, run on
+the encoder output, and the cross-attention keys and values, already computed for
+decoding.
 """
 
 from __future__ import annotations
@@ -606,35 +608,10 @@ class Transcriber:
         silent = [0] * len(jobs)
         done, total = 0, len(queue)
         while queue:
-            unpacked: list[_Input] = []  # packed inputs whose text could not be split: decoded again alone
+            unpacked: list[_Input] = []  # windows of packed inputs whose text could not be split
             for lo in range(0, len(queue), self.batch_size):
                 batch = queue[lo : lo + self.batch_size]
-                groups: dict[tuple[str, int | None], list[int]] = {}
-                for i, inp in enumerate(batch):
-                    groups.setdefault(setup(inp), []).append(i)
-                with self._timed("read"):
-                    samples = [inp.read(jobs) for inp in batch]
-                with self._timed("encode"):
-                    step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
-                    features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
-                for (language, beam), idx in groups.items():
-                    sub = features[idx]
-                    with self._timed("decode"):
-                        results, keys = self._decode_with_fallback(sub, language, beam)
-                    for n, (k, r) in enumerate(zip(idx, results)):
-                        inp = batch[k]
-                        placed = None
-                        if not self._is_silent(r):
-                            with self._timed("align"):
-                                placed = self._segments(inp, r, sub[n], language, jobs, keys[n])
-                        elif not inp.packed:
-                            silent[inp.parts[0][0]] += 1
-                            continue
-                        if placed is None:  # a packed input judged silent, or its words not in its windows
-                            unpacked.extend(_Input([p]) for p in inp.parts)
-                            continue
-                        for j, segs in placed:
-                            per_job[j].extend(segs)
+                unpacked += self._run_batch(batch, [setup(inp) for inp in batch], jobs, per_job, silent)
                 done += len(batch)
                 if progress:
                     progress(done, total + len(unpacked))
@@ -647,6 +624,38 @@ class Transcriber:
             segs = sorted(per_job[j], key=lambda s: s.start)
             out.append(Transcript(languages[j][0], round(languages[j][1], 4), segs, len(job.windows), silent[j]))
         return out
+
+    def _run_batch(self, batch: list[_Input], setups: list[tuple[str, int | None]], jobs: Sequence[AudioJob],
+                   per_job: list[list[Segment]], silent: list[int]) -> list[_Input]:
+        """Encode, decode and align one batch into ``per_job`` and ``silent``; returns the
+        windows of packed inputs that are to be decoded again alone."""
+        groups: dict[tuple[str, int | None], list[int]] = {}
+        for i, key in enumerate(setups):
+            groups.setdefault(key, []).append(i)
+        with self._timed("read"):
+            samples = [inp.read(jobs) for inp in batch]
+        with self._timed("encode"):
+            step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
+            features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
+        again: list[_Input] = []
+        for (language, beam), idx in groups.items():
+            sub = features[idx]
+            with self._timed("decode"):
+                results, keys = self._decode_with_fallback(sub, language, beam)
+            for n, (k, r) in enumerate(zip(idx, results)):
+                inp, placed = batch[k], None
+                if not self._is_silent(r):
+                    with self._timed("align"):
+                        placed = self._segments(inp, r, sub[n], language, jobs, keys[n])
+                elif not inp.packed:
+                    silent[inp.parts[0][0]] += 1
+                    continue
+                if placed is None:  # a packed input judged silent, or its words not in its windows
+                    again.extend(_Input([p]) for p in inp.parts)
+                    continue
+                for j, segs in placed:
+                    per_job[j].extend(segs)
+        return again
 
     def _decode_with_fallback(self, features: torch.Tensor, language: str, beam_size: int | None) -> tuple[list, list]:
         """Each input's result, and where the keys and values of the decode that gave it are (or None)."""

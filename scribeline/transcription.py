@@ -157,31 +157,26 @@ class _Input:
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
-def pack_windows(parts: list[tuple[int, Window]], max_s: float = PACK_MAX_S, gap_s: float = PACK_GAP_S) -> list[_Input]:
+def pack_windows(parts: list[tuple[int, Window]], max_s: float = PACK_MAX_S) -> list[_Input]:
     """Whisper inputs for windows that share a language and beam: first-fit decreasing.
 
     A window costs the encoder, and every decoding step's cross-attention, a full 30 s
     whatever its length. Windows of at most ``max_s`` (of any jobs) are laid out
-    together, ``gap_s`` of silence apart, up to 30 s; longer windows stay alone.
+    together, PACK_GAP_S of silence apart, up to 30 s; longer windows stay alone.
     """
-    limit = N_SAMPLES
-    gap = int(gap_s * SAMPLE_RATE)
+    gap = int(PACK_GAP_S * SAMPLE_RATE)
     inputs: list[_Input] = []
-    fill: list[int] = []
+    shared: list[_Input] = []  # the inputs short windows may join
     for part in sorted(parts, key=lambda p: -p[1].num_samples):
         n = part[1].num_samples
-        if n <= max_s * SAMPLE_RATE:
-            for k, used in enumerate(fill):
-                if used + gap + n <= limit:
-                    inputs[k].parts.append(part)
-                    fill[k] = used + gap + n
-                    break
-            else:
-                inputs.append(_Input([part]))
-                fill.append(n)
-        else:
-            inputs.append(_Input([part]))
-            fill.append(limit + 1)  # never shared
+        short = n <= max_s * SAMPLE_RATE
+        fits = next((inp for inp in shared if inp.num_samples + gap + n <= N_SAMPLES), None) if short else None
+        if fits is not None:
+            fits.parts.append(part)
+            continue
+        inputs.append(_Input([part]))
+        if short:
+            shared.append(inputs[-1])
     return inputs
 
 
@@ -674,7 +669,7 @@ class Transcriber:
         return results, keys
 
     def _segments(self, inp: _Input, r, features: torch.Tensor, language: str, jobs: Sequence[AudioJob],
-                  keys: tuple[_AudioKeys | None, int] = (None, 0)) -> list[tuple[int, list[Segment]]] | None:
+                  keys: tuple[_AudioKeys | None, int]) -> list[tuple[int, list[Segment]]] | None:
         """Each part's segments, as (job index, segments); None where a packed input's words
         cannot be told apart by window (one lies in a gap, or a window got none)."""
         base = dict(

@@ -90,8 +90,8 @@ def test_packed_clips_cost_fewer_encoder_inputs_and_read_as_well_as_alone(settin
 def test_a_window_without_speech_packed_with_speech_is_decoded_again_alone(settings, clips, caplog):
     # VAD can pass a window whisper hears nothing in (a cough, noise). Packed with a clip, it gets
     # no words: the packing is voided and both windows are decoded alone, so each transcript is what
-    # its window gives alone (whisper may hear "you" in silence, as its own transcribe() does) and
-    # neither borrows the other's text.
+    # the two windows give unpacked (whisper may hear "you" in silence, as its own transcribe() does)
+    # and neither borrows the other's text.
     prepared, jobs = clips
     jfk = jobs[EXACT_ENGLISH.index("en_jfk.flac")]
     quiet = dataclasses.replace(jfk, read=lambda s, e: np.zeros(e - s, dtype=np.float32), windows=[window(4.0)])
@@ -100,7 +100,6 @@ def test_a_window_without_speech_packed_with_speech_is_decoded_again_alone(setti
         (speech, silence), rows = _encoded_rows(tr, lambda: tr.transcribe([jfk, quiet]))
     assert rows == 3  # one packed input, then each window alone
     assert "decoding 2 packed windows again alone" in caplog.text
-    unpacked = _unpacked(tr)
-    assert speech.text == unpacked.transcribe([jfk])[0].text
-    assert silence.text == unpacked.transcribe([quiet])[0].text
+    # The same batch of two, unpacked (with int8 on, a batch's make-up can flip a comma).
+    assert [speech.text, silence.text] == [t.text for t in _unpacked(tr).transcribe([jfk, quiet])]
     assert "country" in speech.text and "country" not in silence.text

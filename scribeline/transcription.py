@@ -422,7 +422,7 @@ class _AudioKeys:
         for block in model.decoder.blocks:
             att = block.cross_attn
             kt = (kv_cache or {}).get(att.key)
-            if not isinstance(att, _PreparedCrossAttention) or kt is None or kt.ndim != 4:
+            if not isinstance(att, _PreparedCrossAttention) or kt is None:
                 return None  # whisper's own attention (GPU): alignment computes them again
             layers.append((kt, kv_cache[att.value]))
         return cls(layers, n_group)

@@ -282,11 +282,11 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
     kept: tuple[torch.Tensor, torch.Tensor] | None = None  # one input's laid-out keys/values, for its alignment
 
     def keep_projections(self) -> None:
-        """Keep the key and value projections in float (before the layers are quantized), the
-        key's with the attention scale folded in."""
+        """Keep the key and value projections in ``prepared_dtype`` (taken before the layers are
+        quantized; bfloat16 halves what these copies add), the key's with the attention scale folded in."""
         head = self.key.weight.shape[0] // self.n_head
-        self.projections = ((self.key.weight.detach() * head**-0.5).contiguous(),
-                            self.value.weight.detach().clone(), self.value.bias.detach().clone())
+        weights = (self.key.weight.detach() * head**-0.5, self.value.weight.detach(), self.value.bias.detach())
+        self.projections = tuple(w.to(self.prepared_dtype, copy=True).contiguous() for w in weights)
 
     def forward(self, x, xa=None, mask=None, kv_cache=None):
         if kv_cache is None and xa is not None and self.kept is not None:

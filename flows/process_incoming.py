@@ -145,15 +145,18 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     wave_size = sum(m.live for m in items)
     _wave({"transcribe": lambda m: transcribe.submit(m.run_key, quote(m.results["segment"]), wave_size)}, items, settings)
     # Validation and redaction both read the transcript: one wave, side by side.
-    _wave({"validate": lambda m: validate.submit(m.run_key, quote(m.results["transcribe"]), m.results["segment"]["duration_s"]),
+    wave_size = sum(m.live for m in items)
+    _wave({"validate": lambda m: validate.submit(m.run_key, quote(m.results["transcribe"]), m.results["segment"]["duration_s"],
+                                                 wave_size),
            "redact": lambda m: redact.submit(m.run_key, quote(m.results["transcribe"]))}, items, settings)
     for m in items:
         if not m.live:
             continue
         m.results["processing_s"] = time.monotonic() - m.started
+    wave_size = sum(m.live for m in items)
     _wave({"load": lambda m: load.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),
                                          quote(m.results["redact"]), quote(m.results["validate"]),
-                                         m.results["processing_s"])}, items, settings)
+                                         m.results["processing_s"], wave_size)}, items, settings)
     _wave({"archive": lambda m: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
     for m in items:
         if m.outcome is None:

@@ -224,8 +224,10 @@ def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int
 _validations = Coalescer(validation.validate_many, quiet_s=0.05, max_wait_s=0.5)
 
 
-def validate(settings: Settings, transcript: dict, duration_s: float) -> dict:
-    report = _validations((Transcript.from_dict(transcript), duration_s))
+def validate(settings: Settings, transcript: dict, duration_s: float, wave_size: int = 0) -> dict:
+    """The transcript's quality checks; ``wave_size`` media validate together (their round
+    starts once all have called, not after a quiet moment)."""
+    report = _validations((Transcript.from_dict(transcript), duration_s), expected=wave_size)
     checks = [c.__dict__ for c in report.checks]
     if not report.passed:
         failed = "; ".join(f"{c.table}.{c.column}: {c.expectation} ({c.unexpected_count} of {c.element_count})"
@@ -289,10 +291,13 @@ def _load_many(items: list[tuple[Path, dict, dict]]) -> list:
 _loads = Coalescer(_load_many, quiet_s=0.05, max_wait_s=0.5)
 
 
-def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float) -> bool:
-    """Write the media's rows in one transaction; False when they were already there."""
+def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float,
+         wave_size: int = 0) -> bool:
+    """Write the media's rows in one transaction; False when they were already there.
+
+    ``wave_size`` media load together: their round starts once all have called."""
     row, tables = warehouse_rows(settings, ingested, segmented, redacted, checks, processing_s)
-    return _loads((settings.warehouse, row, tables))
+    return _loads((settings.warehouse, row, tables), expected=wave_size)
 
 
 def already_loaded(settings: Settings, run_keys: list[str]) -> set[str]:

@@ -7,9 +7,11 @@ from tasks.common import retry_unless_bad_media, settings
 
 
 @task(name="load", task_run_name="load {run_key}", retries=3, retry_delay_seconds=3, retry_condition_fn=retry_unless_bad_media)
-def load(run_key: str, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float) -> bool:
-    """Writes the media's rows to the DuckDB warehouse in one transaction (warehouse file lock)."""
-    added = stages.load(settings(), ingested, segmented, redacted, checks, processing_s)
+def load(run_key: str, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float,
+         wave_size: int = 0) -> bool:
+    """Writes the media's rows to the DuckDB warehouse (warehouse file lock), through one opening of
+    the file with the other media of its wave. ``wave_size``: how many media the flow submitted together."""
+    added = stages.load(settings(), ingested, segmented, redacted, checks, processing_s, wave_size)
     get_run_logger().info("%s: %s", run_key, "loaded" if added else "already in the warehouse; nothing added")
     return added
 

@@ -55,6 +55,22 @@ def test_media_loaded_together_keep_their_own_transactions(tmp_path):
     assert ids == {"m0", "m1", "m3"}  # nothing of m2, nothing doubled
     assert warehouse.row_counts(path)["words"] == 6
 
+def test_media_loaded_together_in_one_round_are_each_added_once(tmp_path):
+    # The usual round: every media new but one, and one media twice (two uploads of the same file).
+    path = tmp_path / "w.duckdb"
+    warehouse.load(path, *_rows("m0"))
+    first, again = _rows("m1"), _rows("m1")
+    without_words = _rows("m4")
+    del without_words[1]["words"]
+    results = warehouse.load_many(path, [first, _rows("m0"), _rows("m3"), again, without_words])
+    assert results == [True, False, True, False, True]
+    counts = warehouse.row_counts(path)
+    assert counts["media"] == 4 and counts["segments"] == 8 and counts["words"] == 6
+    words = warehouse.query(path, "select media_id, word from words order by media_id, word_index")
+    assert list(words["media_id"]) == ["m0", "m0", "m1", "m1", "m3", "m3"]
+    assert list(words["word"]) == ["Hello", "<PERSON>"] * 3
+
+
 def test_transcripts_view_joins_segments_in_time_order(tmp_path):
     path = tmp_path / "w.duckdb"
     warehouse.load(path, *_rows())

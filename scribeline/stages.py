@@ -293,9 +293,10 @@ _loads = Coalescer(_load_many, quiet_s=0.05, max_wait_s=0.5)
 
 def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float,
          wave_size: int = 0) -> bool:
-    """Write the media's rows in one transaction; False when they were already there.
+    """Write the media's rows; False when they were already there.
 
-    ``wave_size`` media load together: their round starts once all have called."""
+    ``wave_size`` media load together: their round starts once all have called, and its
+    rows go in one transaction (or one per media, if that one fails)."""
     row, tables = warehouse_rows(settings, ingested, segmented, redacted, checks, processing_s)
     return _loads((settings.warehouse, row, tables), expected=wave_size)
 

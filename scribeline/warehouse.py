@@ -168,10 +168,15 @@ def contained(path: Path, media_ids: Sequence[str]) -> set[str]:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "media" not in tables:
             return set()
-        rows = con.execute("SELECT media_id FROM media WHERE list_contains(?, media_id)", [list(media_ids)]).fetchall()
-        return {r[0] for r in rows}
+        return _present(con, media_ids)
     finally:
         con.close()
+
+
+def _present(con: duckdb.DuckDBPyConnection, media_ids: Sequence[str]) -> set[str]:
+    """Which of these media the warehouse holds, in one query."""
+    rows = con.execute("SELECT media_id FROM media WHERE list_contains(?, media_id)", [list(media_ids)]).fetchall()
+    return {r[0] for r in rows}
 
 
 def load(path: Path, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
@@ -211,7 +216,7 @@ def _load_together(con: duckdb.DuckDBPyConnection, items: Sequence[tuple[dict, d
     ids = [row["media_id"] for row, _ in items]
     con.execute("BEGIN TRANSACTION")
     try:
-        present = {r[0] for r in con.execute("SELECT media_id FROM media WHERE list_contains(?, media_id)", [ids]).fetchall()}
+        present = _present(con, ids)
         added = []
         for media_id in ids:  # the same media twice in one round: the first adds it
             added.append(media_id not in present)

@@ -75,6 +75,8 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     for its own media's normalize). A media that fails any of them is quarantined with
     the first failed stage in the order given. The largest media are submitted first (the
     task runner starts them in that order): theirs is the longest chain in every wave.
+    Each stage is submitted as ``submit(m, n)``, ``n`` the number of media in the wave
+    (stages that serve a wave together start once that many have arrived).
     """
     live = sorted((m for m in items if m.live), key=lambda m: -m.ref.size)
     if not live:
@@ -83,7 +85,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     futures = []
     for name, submit in stages_.items():  # every media's first stage is queued before any second one
         for m in live:
-            m.futures[name] = submit(m)
+            m.futures[name] = submit(m, len(live))
             futures.append((m, name, m.futures[name]))
     failures: dict[int, tuple] = {}
     for m, name, fut in futures:
@@ -130,7 +132,7 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
 
-    _wave({"ingest": lambda m: ingest.submit(m.ref)}, items, settings)
+    _wave({"ingest": lambda m, n: ingest.submit(m.ref)}, items, settings)
     loaded = stages.already_loaded(settings, [m.run_key for m in items if not m.failed])
     for m in items:  # a media already in the warehouse needs no work: archive it
         if not m.failed and m.run_key in loaded:
@@ -138,26 +140,22 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
     # A media's VAD starts as soon as its own audio is decoded. A freed decode slot (one
     # ffmpeg per core) goes to the largest file waiting.
-    wave_size = sum(m.live for m in items)
-    _wave({"normalize": lambda m: normalize.submit(m.run_key, m.results["ingest"], wave_size),
-           "segment": lambda m: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
+    _wave({"normalize": lambda m, n: normalize.submit(m.run_key, m.results["ingest"], n),
+           "segment": lambda m, n: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
     # The transcriber batches the windows of the whole wave: it starts once all have arrived.
-    wave_size = sum(m.live for m in items)
-    _wave({"transcribe": lambda m: transcribe.submit(m.run_key, quote(m.results["segment"]), wave_size)}, items, settings)
+    _wave({"transcribe": lambda m, n: transcribe.submit(m.run_key, quote(m.results["segment"]), n)}, items, settings)
     # Validation and redaction both read the transcript: one wave, side by side.
-    wave_size = sum(m.live for m in items)
-    _wave({"validate": lambda m: validate.submit(m.run_key, quote(m.results["transcribe"]), m.results["segment"]["duration_s"],
-                                                 wave_size),
-           "redact": lambda m: redact.submit(m.run_key, quote(m.results["transcribe"]))}, items, settings)
+    _wave({"validate": lambda m, n: validate.submit(m.run_key, quote(m.results["transcribe"]),
+                                                    m.results["segment"]["duration_s"], n),
+           "redact": lambda m, n: redact.submit(m.run_key, quote(m.results["transcribe"]))}, items, settings)
     for m in items:
         if not m.live:
             continue
         m.results["processing_s"] = time.monotonic() - m.started
-    wave_size = sum(m.live for m in items)
-    _wave({"load": lambda m: load.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),
-                                         quote(m.results["redact"]), quote(m.results["validate"]),
-                                         m.results["processing_s"], wave_size)}, items, settings)
-    _wave({"archive": lambda m: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
+    _wave({"load": lambda m, n: load.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),
+                                            quote(m.results["redact"]), quote(m.results["validate"]),
+                                            m.results["processing_s"], n)}, items, settings)
+    _wave({"archive": lambda m, n: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
     for m in items:
         if m.outcome is None:
             m.outcome = _processed(m, settings, note="" if m.results.get("load") else "already in the warehouse; nothing added")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -50,7 +51,16 @@ PHASES = ("baseline", "stage", "pipeline")
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process plus that of each live child (the PII analyzer's process:
+    the pipeline phase redacts through it)."""
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for child in multiprocessing.active_children():
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        peak_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return peak_kib / 1024
 
 
 def _default_model() -> str:

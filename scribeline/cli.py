@@ -17,12 +17,8 @@ def _prepare_env(settings: Settings) -> None:
 
     for k, v in services.prefect_env(settings).items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import logging
-
-    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one line per unused-language recognizer
     if "PREFECT_API_URL" not in os.environ and services.prefect_healthy(settings):
         os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{settings.prefect_port}/api"
 

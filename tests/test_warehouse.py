@@ -55,6 +55,7 @@ def test_media_loaded_together_keep_their_own_transactions(tmp_path):
     assert ids == {"m0", "m1", "m3"}  # nothing of m2, nothing doubled
     assert warehouse.row_counts(path)["words"] == 6
 
+
 def test_media_loaded_together_in_one_round_are_each_added_once(tmp_path):
     # The usual round: every media new but one, and one media twice (two uploads of the same file).
     path = tmp_path / "w.duckdb"

@@ -225,6 +225,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def _rounded(x):
+    return {k: round(v, 3) for k, v in x.items()} if isinstance(x, dict) else round(x, 3)
+
+
 def _run_phase_process(phase: str, args, spec_path: Path) -> dict | None:
     """One phase in a fresh process with its own data directory; prints its waves and timings."""
     data = Path(tempfile.mkdtemp(prefix=f"bench-{phase}-"))
@@ -246,6 +250,8 @@ def _run_phase_process(phase: str, args, spec_path: Path) -> dict | None:
     waves = [line.split(" - ", 1)[-1] for line in lines if timed_run in line]  # the timed run's, not the warm-up's
     if waves:
         print("    stage waves: " + "; ".join(waves))
+        # "normalize+segment: 8 media in 1.92 s" -> {"normalize+segment": 1.92}
+        result["waves_s"] = {w.split(":", 1)[0]: float(w.rsplit(" in ", 1)[1].split()[0]) for w in waves}
     if "transcriber_s" in result:
         print("    transcriber: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["transcriber_s"].items())
               + (f"; media per batching round {result['batch_rounds']}" if "batch_rounds" in result else ""))
@@ -340,10 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [r["pipeline"]["wall_s"] / r["stage"]["wall_s"] for r in runs]
         overhead = {"median": round(statistics.median(ratios), 2), "per_repetition": [round(x, 2) for x in ratios]}
         print(f"\npipeline / stage wall time: median {overhead['median']} (per repetition: {overhead['per_repetition']})")
+    # Each round's figures, as the README quotes them: wall time, the transcriber's steps, the flow's waves.
+    rounds = [{phase: {k: _rounded(r[phase][k]) for k in ("wall_s", "transcriber_s", "waves_s") if k in r[phase]}
+               for phase in order} for r, order in zip(runs, orders)]
     Path(args.output).write_text(json.dumps({"machine": machine(), "model": args.model, "device": args.device,
                                              "repetitions": args.repeat, "files": [Path(i["path"]).name for i in bench_items],
                                              "decoded_ahead": bool(args.decoded), "phase_order": orders,
-                                             "rows": rows, "pipeline_over_stage": overhead}, indent=2))
+                                             "rows": rows, "pipeline_over_stage": overhead, "rounds": rounds}, indent=2))
     return 0
 
 

@@ -121,6 +121,11 @@ def transcriber(settings):
     return stages.transcriber(settings)
 
 
+def niceness(pid: int) -> list[int]:
+    """The niceness of each thread of a running process (Linux keeps it per thread)."""
+    return [int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
 def speak(text: str, path: Path, speed: int = 150) -> Path:
     subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
     return path

@@ -6,10 +6,11 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_s3_port
+from tests.conftest import ROOT, free_s3_port, niceness
 
 
 def _free_port() -> int:
@@ -47,6 +48,15 @@ def test_up_serves_the_prefect_ui_and_api(services):
         assert r.status == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
         assert "<html" in r.read().decode(errors="replace").lower()
+
+
+def test_up_runs_both_servers_at_the_lowest_priority(services):
+    """Beside the model they take a core only when it is free (README: the pipeline's waves)."""
+    env, _ = services
+    run_dir = Path(env["SCRIBELINE_DATA_DIR"]) / "run"
+    for name in ("s3", "prefect"):
+        threads = niceness(int((run_dir / f"{name}.pid").read_text()))
+        assert threads and set(threads) == {19}, (name, threads)
 
 
 def test_a_deployment_run_is_executed_by_a_worker(services, media_dir):

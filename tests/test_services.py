@@ -1,10 +1,9 @@
 """The embedded services' Prefect settings and priority."""
 
-from pathlib import Path
-
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
 from scribeline import services
+from tests.conftest import niceness
 
 
 def test_flow_runs_send_heartbeats_only_to_an_api_that_outlives_the_process():
@@ -19,10 +18,6 @@ def test_flow_runs_send_heartbeats_only_to_an_api_that_outlives_the_process():
             assert get_current_settings().flows.heartbeat_frequency == default
 
 
-def _niceness(pid: int) -> list[int]:
-    return [int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]) for task in Path(f"/proc/{pid}/task").iterdir()]
-
-
 def test_the_ephemeral_api_runs_at_the_lowest_priority_beside_the_model():
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -30,5 +25,5 @@ def test_the_ephemeral_api_runs_at_the_lowest_priority_beside_the_model():
         with services.ephemeral_flow_runs():
             server = SubprocessASGIServer()
             assert server.running and server.server_process is not None
-            niceness = _niceness(server.server_process.pid)
-    assert len(niceness) > 1 and set(niceness) == {19}  # every thread, not only the first
+            threads = niceness(server.server_process.pid)
+    assert len(threads) > 1 and set(threads) == {19}  # every thread, not only the first

@@ -103,7 +103,6 @@ def find_pii(text: str, entities: tuple[str, ...], threshold: float) -> list[Reg
         return _analyzer_process(broken=process).submit(analyze, text, tuple(entities), threshold).result()
 
 
-
 def analyzer_pid() -> int:
     """The analyzer process's id (starting it if need be)."""
     return _analyzer_process().submit(os.getpid).result()

@@ -216,12 +216,12 @@ def ephemeral_flow_runs():
     server = SubprocessASGIServer()  # the one Prefect's clients use when no API URL is set
     server.start()
     if server.server_process is not None:
-        renice_lowest(server.server_process.pid)
+        _renice_lowest(server.server_process.pid)
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
-def renice_lowest(pid: int) -> None:
+def _renice_lowest(pid: int) -> None:
     """Give every thread of a running process niceness 19 (Linux niceness is per thread;
     threads started later inherit it from the thread that starts them)."""
     try:

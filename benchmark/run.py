@@ -237,6 +237,10 @@ def _run_phase_process(phase: str, args, spec_path: Path) -> dict | None:
                DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(data / "prefect"),
                TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", GX_ANALYTICS_ENABLED="false", TQDM_DISABLE="1")
     env.pop("PREFECT_API_URL", None)
+    if phase != "baseline":  # scribeline's phases run as its worker does; the baseline with glibc's defaults
+        from scribeline import allocator
+
+        env = allocator.with_tunables(env) if allocator.wanted(env) else env
     result_path = data / "result.json"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmark.run", "--phase", phase, "--items", str(spec_path),

@@ -179,12 +179,13 @@ def cmd_export(settings: Settings, args) -> int:
 
 
 def cmd_status(settings: Settings, args) -> int:
-    from scribeline import services
+    from scribeline import allocator, services
 
     print(json.dumps({
         "data_dir": str(settings.data_dir), "s3_endpoint": settings.endpoint, "embedded_s3_running": services.s3_running(settings),
         "prefect_api": os.environ.get("PREFECT_API_URL") or ("embedded" if services.prefect_healthy(settings) else "ephemeral"),
         "warehouse": str(settings.warehouse), "model": settings.model, "device": settings.device,
+        "allocator": allocator.describe(),
     }, indent=2))
     return 0
 
@@ -236,5 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The installed command (and ``python -m scribeline.cli``): restarted once with the model's
+    malloc settings (see scribeline.allocator), which glibc reads only at start."""
+    from scribeline import allocator
+
+    allocator.restart_with_tunables()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -36,19 +36,25 @@ def wanted(env: Mapping[str, str] = os.environ) -> bool:
     return not off and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
+def _tunables_in(env: Mapping[str, str]) -> list[str]:
+    """The ``name=value`` entries of ``env``'s ``GLIBC_TUNABLES``."""
+    return [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
+def _names(tunables: list[str]) -> set[str]:
+    return {t.split("=", 1)[0] for t in tunables}
+
+
 def with_tunables(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with the settings added to ``GLIBC_TUNABLES`` (a glibc.malloc setting already there is kept)."""
-    out = dict(env)
-    current = [t for t in out.get("GLIBC_TUNABLES", "").split(":") if t]
-    named = {t.split("=", 1)[0] for t in current}
-    out["GLIBC_TUNABLES"] = ":".join(current + [f"{k}={v}" for k, v in TUNABLES.items() if k not in named])
-    return out
+    current = _tunables_in(env)
+    named = _names(current)
+    return {**env, "GLIBC_TUNABLES": ":".join(current + [f"{k}={v}" for k, v in TUNABLES.items() if k not in named])}
 
 
 def active(env: Mapping[str, str] = os.environ) -> bool:
     """Whether this process was started with every setting (its environment says what glibc read)."""
-    named = {t.split("=", 1)[0] for t in env.get("GLIBC_TUNABLES", "").split(":") if t}
-    return set(TUNABLES) <= named
+    return set(TUNABLES) <= _names(_tunables_in(env))
 
 
 def restart_with_tunables() -> None:

@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: no packing, row-invariant int8 decoding, guards
 ENV_PREFIX = "SCRIBELINE_"
 
 
@@ -69,7 +69,9 @@ class Settings:
     narrowband_beam_size: int = 5  # beam search for sources sampled at ≤ 8 kHz (telephony); 1: greedy
     cpu_int8: bool = True  # int8 dynamic quantization of the model on CPU
     word_timestamps: bool = True
-    pack_short_windows: bool = True  # windows ≤ 15 s of any media share one 30-s whisper input
+    max_tokens_per_s: float = 16.0  # a window decodes at most this many tokens per second of audio (+ 8)
+    decode_budget_factor: float = 2.0  # a track may hold the model this many times its duration (at least
+    decode_budget_min_s: float = 60.0  # this long); past it the media is quarantined, fallbacks stop at half
     split_channels: bool = False  # transcribe each channel of a stereo call separately
     # Segmentation.
     vad_threshold: float = 0.5
@@ -165,7 +167,7 @@ class Settings:
             "narrowband_beam_size": self.narrowband_beam_size,
             "cpu_int8": self.cpu_int8,
             "word_timestamps": self.word_timestamps,
-            "pack_short_windows": self.pack_short_windows,
+            "max_tokens_per_s": self.max_tokens_per_s,
             "split_channels": self.split_channels,
             "vad_threshold": self.vad_threshold,
             "max_window_s": self.max_window_s,

@@ -14,7 +14,7 @@ from pathlib import Path
 from scribeline import media, segmentation, stages
 from scribeline.config import Settings
 from scribeline.model_thread import cpu_threads
-from scribeline.transcription import Transcript
+from scribeline.transcription import AudioJob, Transcript
 
 
 @dataclass
@@ -36,6 +36,15 @@ class NormalizedTrack:
 
 def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None = None) -> list[LocalResult]:
     """Normalize and segment each file, then decode all their windows in shared batches."""
+    prepared = prepare_files(settings, paths, workdir)
+    transcripts = _transcribe(settings, [(track, windows) for _, track, windows in prepared])
+    return [LocalResult(Path(p), info, track.audio, windows, t)
+            for p, (info, track, windows), t in zip(paths, prepared, transcripts)]
+
+
+def prepare_files(settings: Settings, paths: list[Path], workdir: Path | None = None
+                  ) -> list[tuple[media.MediaInfo, NormalizedTrack, list[segmentation.Window]]]:
+    """Each file probed, normalized and segmented: what the transcribe stage reads."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="scribeline-local-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -45,12 +54,9 @@ def transcribe_files(settings: Settings, paths: list[Path], workdir: Path | None
         return info, track, _windows(settings, track)
 
     # ffmpeg and the VAD use one core each: prepare files side by side, the largest first
-    # (as the pipeline's normalize and segment waves do), then decode them all together.
+    # (as the pipeline's normalize and segment waves do).
     order = sorted(range(len(paths)), key=lambda i: -Path(paths[i]).stat().st_size)
-    prepared = _in_parallel(prepare, order)
-    transcripts = _transcribe(settings, [(track, windows) for _, track, windows in prepared])
-    return [LocalResult(Path(p), info, track.audio, windows, t)
-            for p, (info, track, windows), t in zip(paths, prepared, transcripts)]
+    return _in_parallel(prepare, order)
 
 
 def transcribe_normalized(settings: Settings, tracks: list[NormalizedTrack]) -> list[tuple[list[segmentation.Window], Transcript]]:
@@ -71,7 +77,10 @@ def _windows(settings: Settings, track: NormalizedTrack) -> list[segmentation.Wi
     return segmentation.segment(media.open_audio(track.audio.path), track.audio.gain_db, stages.segmentation_options(settings))
 
 
-def _transcribe(settings: Settings, segmented: list[tuple[NormalizedTrack, list[segmentation.Window]]]) -> list[Transcript]:
-    jobs = [stages.audio_job(settings, media.open_audio(track.audio.path), track.audio.gain_db, windows, track.source_sample_rate)
+def audio_jobs(settings: Settings, segmented: list[tuple[NormalizedTrack, list[segmentation.Window]]]) -> list[AudioJob]:
+    return [stages.audio_job(settings, media.open_audio(track.audio.path), track.audio.gain_db, windows, track.source_sample_rate)
             for track, windows in segmented]
-    return stages.transcriber(settings).transcribe(jobs)
+
+
+def _transcribe(settings: Settings, segmented: list[tuple[NormalizedTrack, list[segmentation.Window]]]) -> list[Transcript]:
+    return stages.transcriber(settings).transcribe(audio_jobs(settings, segmented))

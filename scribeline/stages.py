@@ -176,7 +176,9 @@ def _transcriber(model: str, device: str, options: TranscribeOptions, download_r
 def transcribe_options(settings: Settings) -> TranscribeOptions:
     return TranscribeOptions(language=settings.language or None, task=settings.task, batch_size=settings.batch_size,
                              beam_size=settings.beam_for(None),
-                             word_timestamps=settings.word_timestamps, pack_short_windows=settings.pack_short_windows)
+                             word_timestamps=settings.word_timestamps, max_tokens_per_s=settings.max_tokens_per_s,
+                             decode_budget_factor=settings.decode_budget_factor,
+                             decode_budget_min_s=settings.decode_budget_min_s)
 
 
 _transcriber_lock = threading.Lock()
@@ -214,7 +216,11 @@ def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int
         segments = sorted((s for r in results for s in r.segments), key=lambda s: (s.start, s.channel))
         best = max(results, key=lambda r: r.language_probability)
         merged = Transcript(best.language, best.language_probability, segments,
-                            sum(r.windows_decoded for r in results), sum(r.windows_silent for r in results))
+                            sum(r.windows_decoded for r in results), sum(r.windows_silent for r in results),
+                            [f for r in results for f in r.flags])
+    over = [f for f in merged.flags if f.name == "decode_budget"]
+    if over:  # part of the speech was never decoded: not a transcript to load
+        raise StageError("transcribe", over[0].reason)
     return merged.as_dict()
 
 

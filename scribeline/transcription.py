@@ -1,15 +1,22 @@
 """Batched openai-whisper decoding of speech windows, one path for CPU and GPU.
 
-Each window (≤ 30 s, cut in pauses by segmentation) is an independent whisper
-input, or, if 15 s or shorter, shares one with other short windows (packed 1 s of
-silence apart; its words are split back by their times): inputs of one file, and
-of several files, go through the encoder and ``whisper.decode`` together as a
-batch. No text is carried from one input into the next, which is what keeps long
-recordings free of repetition loops. Per input, whisper's own safeguards apply:
-temperature fallback on compression ratio and log-probability, and no-speech
-detection. Word timestamps come from whisper's cross-attention alignment, run on
-the encoder output, and the cross-attention keys and values, already computed for
-decoding.
+Each window (≤ 30 s, cut in pauses by segmentation) is one whisper input: the audio
+of two windows, let alone two media, never shares an input. Windows of several
+files go through the decoder together as a batch only where the numerics make a
+window's result independent of what else is in its batch (the CPU path: each
+window encoded alone, int8 linear layers with a scale per row and exact integer
+sums, sampling seeded from the window's own samples); elsewhere (GPU, float32 CPU)
+a batch holds the windows of one track only. So a media's transcript depends on
+its own bytes and the configuration, nothing else.
+
+No text is carried from one input into the next, which is what keeps long
+recordings free of repetition loops. Per input, whisper's own safeguards apply
+(temperature fallback on compression ratio and log-probability, no-speech
+detection), within a budget: no window decodes more tokens than its duration can
+hold, a sequence caught in a loop stops at once, the fallbacks of all windows run
+together after the first pass, and a track that holds the worker longer than its
+budget stops. What the guards find is returned as flags on the transcript, never
+as silent text. Word timestamps come from whisper's cross-attention alignment.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
+import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +39,7 @@ from whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
+from scribeline import guards, stopping
 from scribeline.graphed_decoding import GraphedInference
 from scribeline.media import SAMPLE_RATE
 from scribeline.model_thread import cpu_threads, on_model_thread
@@ -54,7 +63,9 @@ class TranscribeOptions:
     beam_size: int | None = 5  # beam search at temperature 0 (None: greedy)
     best_of: int = 5  # samples per window when falling back to temperature > 0
     language_windows: int = 3  # speech windows used to detect a file's language
-    pack_short_windows: bool = True  # short windows share one 30-s input (needs word timestamps to split)
+    max_tokens_per_s: float = 16.0  # a window decodes at most this many tokens per second of its audio (+ 8)
+    decode_budget_factor: float = 2.0  # a track may hold the model this many times its duration...
+    decode_budget_min_s: float = 60.0  # ...but at least this long; fallbacks stop at half of it
 
 
 @dataclass
@@ -82,12 +93,28 @@ class Segment:
 
 
 @dataclass
+class Flag:
+    """A guard's finding on a transcript: what, where, and why (see ``guards``)."""
+
+    name: str  # e.g. repeated_text, word_rate, unintelligible, token_budget, decode_budget
+    reason: str
+    window_index: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
 class Transcript:
     language: str
     language_probability: float
     segments: list[Segment]
     windows_decoded: int = 0
     windows_silent: int = 0  # windows whisper judged to hold no speech
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.flags)
 
     @property
     def text(self) -> str:
@@ -103,7 +130,8 @@ class Transcript:
     @classmethod
     def from_dict(cls, d: dict) -> "Transcript":
         segs = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in d["segments"]]
-        return cls(d["language"], d["language_probability"], segs, d.get("windows_decoded", 0), d.get("windows_silent", 0))
+        return cls(d["language"], d["language_probability"], segs, d.get("windows_decoded", 0), d.get("windows_silent", 0),
+                   [Flag(**f) for f in d.get("flags", [])])
 
 
 @dataclass
@@ -114,70 +142,6 @@ class AudioJob:
     windows: Sequence[Window]
     channel: int | None = None
     beam_size: int | None = None  # overrides the options' beam size for this track (narrowband audio)
-
-
-# ------------------------------------------------------------------ packing
-PACK_MAX_S = 15.0  # windows at most this long may share one whisper input...
-PACK_GAP_S = 1.0  # ...with this much silence between them
-PACK_SPILL_S = 0.3  # a word centred further than this outside its window's audio voids the packing
-
-
-@dataclass
-class _Input:
-    """One whisper input: a window, or several short windows packed with silence between them."""
-
-    parts: list[tuple[int, Window]]  # (job index, window), in the order they are laid out
-
-    @property
-    def packed(self) -> bool:
-        return len(self.parts) > 1
-
-    def offsets(self) -> list[int]:
-        """Sample offset of each part in the input's audio."""
-        out, at = [], 0
-        for _, w in self.parts:
-            out.append(at)
-            at += w.num_samples + int(PACK_GAP_S * SAMPLE_RATE)
-        return out
-
-    @property
-    def num_samples(self) -> int:
-        return self.offsets()[-1] + self.parts[-1][1].num_samples
-
-    def speech_samples(self) -> int:
-        return sum(s.end - s.start for _, w in self.parts for s in w.speech)
-
-    def read(self, jobs: Sequence[AudioJob]) -> np.ndarray:
-        gap = np.zeros(int(PACK_GAP_S * SAMPLE_RATE), dtype=np.float32)
-        pieces = []
-        for j, w in self.parts:
-            if pieces:
-                pieces.append(gap)
-            pieces.append(np.asarray(jobs[j].read(w.start, w.end), dtype=np.float32))
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-
-def pack_windows(parts: list[tuple[int, Window]], max_s: float = PACK_MAX_S) -> list[_Input]:
-    """Whisper inputs for windows that share a language and beam: first-fit decreasing.
-
-    A window costs the encoder, and every decoding step's cross-attention, a full 30 s
-    whatever its length. Windows of at most ``max_s`` (of any jobs) are laid out
-    together, PACK_GAP_S of silence apart, up to 30 s; longer windows stay alone.
-    """
-    gap = int(PACK_GAP_S * SAMPLE_RATE)
-    inputs: list[_Input] = []
-    shared: list[_Input] = []  # the inputs short windows may join
-    for part in sorted(parts, key=lambda p: -p[1].num_samples):
-        n = part[1].num_samples
-        short = n <= max_s * SAMPLE_RATE
-        fits = next((inp for inp in shared if inp.num_samples + gap + n <= N_SAMPLES), None) if short else None
-        if fits is not None:
-            fits.parts.append(part)
-            continue
-        inputs.append(_Input([part]))
-        if short:
-            shared.append(inputs[-1])
-    return inputs
 
 
 # --------------------------------------------------------------------- model
@@ -298,15 +262,19 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
         return self._attend(x, kv_cache[self.key], kv_cache[self.value])
 
     def _lay_out(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys [batch, heads, dim, frames] and values [batch, heads, frames, dim] of the audio states."""
+        """Keys [batch, heads, dim, frames] and values [batch, heads, frames, dim] of the audio states.
+
+        One window at a time: a matrix product's rows can come out differently with the
+        number of rows beside them, and a window's keys must not depend on its batch."""
         key, value, bias = (p.to(self.prepared_dtype) for p in self.projections)
-        audio = xa.to(self.prepared_dtype)
-        n_batch, n_audio, n_state = audio.shape
+        n_batch, n_audio, n_state = xa.shape
         head = n_state // self.n_head
-        # W @ audio^T gives the keys already as [state, frames]: no permuting copy.
-        kt = (key @ audio.transpose(1, 2)).view(n_batch, self.n_head, head, n_audio)
-        vv = torch.nn.functional.linear(audio, value, bias).view(n_batch, n_audio, self.n_head, head)
-        return kt, vv.permute(0, 2, 1, 3).contiguous()
+        kts, vvs = [], []
+        for audio in xa.to(self.prepared_dtype):
+            # W @ audio^T gives the keys already as [state, frames]: no permuting copy.
+            kts.append((key @ audio.t()).view(self.n_head, head, n_audio))
+            vvs.append(torch.nn.functional.linear(audio, value, bias).view(n_audio, self.n_head, head).transpose(0, 1))
+        return torch.stack(kts), torch.stack(vvs)
 
     def _attend(self, x, kt, vv):
         """One or more new tokens' attention to laid-out keys and values; returns the output and
@@ -319,43 +287,67 @@ class _PreparedCrossAttention(whisper.model.MultiHeadAttention):
         return self.out(out.to(x.dtype)), qk
 
 
+class RowwiseInt8Linear(torch.nn.Module):
+    """A linear layer in int8 whose result for one row never depends on the other rows.
+
+    Weights carry a scale per output channel; activations are quantized with a scale
+    per row (torch's dynamic quantization uses one scale for the whole batch, so a
+    window's numbers moved with what shared its batch); the products are summed in
+    int32, exactly, so the order of the sums cannot matter either. Measured on 2 cores:
+    as fast as fbgemm's dynamic linear for the small layers, ~1.3x its time for the
+    vocabulary projection at 16 rows.
+    """
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+        self.register_buffer("weight", torch.round(weight / scale[:, None]).to(torch.int8))  # [out, in]
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+        q = torch.round(rows / scale).to(torch.int8)
+        out = torch._int_mm(q, self.weight.t()).float() * scale * self.weight_scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*shape[:-1], self.out_features)
+
+
 def quantize_for_cpu(model):
-    """Dynamic int8 quantization of the decoder: its linear layers and the vocabulary projection.
+    """int8 decoder: its linear layers and the vocabulary projection, row-invariant (see RowwiseInt8Linear).
 
     The decoder runs once per token and is bound by memory traffic, which int8
     weights cut by four. The encoder is compute-bound and runs in bfloat16 instead
     where the CPU has native bfloat16 (see ``cpu_bf16_supported``).
     """
-    import warnings
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    def plain(module):
-        # whisper's Linear subclass is not in quantize_dynamic's type map: swap in nn.Linear.
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear) and type(child) is not torch.nn.Linear:
-                new = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                new.load_state_dict(child.state_dict())
-                setattr(module, name, new)
-            else:
-                plain(child)
-
-    plain(model.decoder)
     prepared_dtype = torch.bfloat16 if cpu_bf16_supported() else torch.float32
     for block in model.decoder.blocks:
         block.cross_attn.__class__ = _PreparedCrossAttention
         block.cross_attn.prepared_dtype = prepared_dtype
-        block.cross_attn.keep_projections()
-    embedding = model.decoder.token_embedding.weight
-    projection = torch.nn.Linear(embedding.shape[1], embedding.shape[0], bias=False)
-    projection.weight = torch.nn.Parameter(embedding.detach().clone(), requires_grad=False)
-    model.decoder.logits_proj = projection
+        block.cross_attn.keep_projections()  # from the float weights, before they are quantized
+
+    def quantize(module):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, RowwiseInt8Linear(child))
+            else:
+                quantize(child)
+
+    quantize(model.decoder)
+    model.decoder.logits_proj = RowwiseInt8Linear(_linear_of(model.decoder.token_embedding.weight))
     model.decoder.__class__ = _Int8LogitsTextDecoder
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's notice that eager quantization moves to torchao
-        # One scale per output row: a single scale for the whole vocabulary matrix costs accuracy.
-        model.decoder = quantize_dynamic(model.decoder, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return model
+
+
+def _linear_of(weight: torch.Tensor) -> torch.nn.Linear:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+    return linear
 
 
 def cpu_bf16_supported() -> bool:
@@ -372,11 +364,10 @@ def default_batch_size(device: str) -> int:
         # ~350 MiB per window covers large-v3 in fp16 with a 224-token KV cache.
         return int(max(4, min(64, free // (350 * 2**20))))
     # On a CPU the decoder's per-step cost is mostly fixed overhead, so 16 windows per
-    # batch decode faster than 8; the encoder runs them 4 at a time (ENCODE_CHUNK_CPU).
+    # batch decode faster than 8.
     return 16
 
 
-ENCODE_CHUNK_CPU = 4  # measured on 2 cores: 4 windows per encoder call ran ~4 % faster than 8, 16 ~10 % slower (cache)
 
 
 # ------------------------------------------------------- word-alignment speed
@@ -451,8 +442,14 @@ class _GroupedDecodingTask(whisper.decoding.DecodingTask):
     CUDA graph replay per token instead of hundreds of kernel launches).
     """
 
-    def __init__(self, model, options: whisper.DecodingOptions, graphed: bool = False):
+    def __init__(self, model, options: whisper.DecodingOptions, graphed: bool = False,
+                 limits: "_RowLimits | None" = None):
         super().__init__(model, options)
+        if limits is not None:
+            limits.prepare(self.sample_begin, self.tokenizer.eot, self.n_group)
+            self.logit_filters.append(limits)
+            if options.temperature > 0:
+                self.decoder = _SeededSampler(options.temperature, self.tokenizer.eot, limits.seeds, self.n_group)
         if graphed:
             self.inference = GraphedInference(model, len(self.initial_tokens), self.sample_len,
                                               graphs=model.device.type == "cuda")
@@ -477,6 +474,65 @@ class _GroupedDecodingTask(whisper.decoding.DecodingTask):
 
     def _detect_language(self, audio_features: torch.Tensor, tokens: torch.Tensor):
         return super()._detect_language(audio_features[:: self.n_group], tokens)
+
+
+class _RowLimits(whisper.decoding.LogitFilter):
+    """Per-input limits on a decode, applied as a logit filter at every step.
+
+    An input ends (its next token forced to end-of-text) once it has as many tokens
+    as its audio can hold, once its last tokens loop, or once its track is past its
+    deadline; a stop request (``stopping``) aborts the whole decode. ``seeds`` seed
+    each input's sampling at temperature > 0. Nothing here looks at another input.
+    """
+
+    def __init__(self, max_tokens: list[int], deadlines: list[float], seeds: list[int]):
+        self.max_tokens, self.deadlines, self.seeds = max_tokens, deadlines, seeds
+        self.out_of_time: set[int] = set()  # inputs ended by their deadline
+
+    def prepare(self, sample_begin: int, eot: int, n_group: int) -> None:
+        self.sample_begin, self.eot, self.n_group = sample_begin, eot, n_group
+
+    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        stopping.check()
+        sampled = tokens.shape[1] - self.sample_begin
+        if sampled == 0:
+            return
+        now = time.monotonic()
+        tails = tokens[:, -min(sampled, guards.LOOP_MAX_PERIOD * guards.LOOP_REPEATS):].tolist()
+        for row, tail in enumerate(tails):
+            if tail[-1] == self.eot:
+                continue
+            i = row // self.n_group
+            late = now > self.deadlines[i]
+            if late:
+                self.out_of_time.add(i)
+            if late or sampled >= self.max_tokens[i] or guards.looping(tail):
+                logits[row] = -np.inf
+                logits[row, self.eot] = 0.0
+
+
+class _SeededSampler(whisper.decoding.GreedyDecoder):
+    """whisper's sampling at temperature > 0, each row from its own generator.
+
+    whisper samples the whole batch from torch's global generator, so what a window
+    drew depended on the rows before it and on every earlier draw in the process.
+    Seeded from the window's own samples, a window draws the same tokens wherever it is.
+    """
+
+    def __init__(self, temperature: float, eot: int, seeds: list[int], n_group: int):
+        super().__init__(temperature, eot)
+        self.generators = [torch.Generator().manual_seed(seed * 1009 + k) for seed in seeds for k in range(n_group)]
+
+    def update(self, tokens: torch.Tensor, logits: torch.Tensor, sum_logprobs: torch.Tensor):
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1).cpu()
+        next_tokens = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        next_tokens = next_tokens.to(logits.device)
+        logprobs = torch.nn.functional.log_softmax(logits.float(), dim=-1)
+        current = logprobs[torch.arange(logprobs.shape[0]), next_tokens]
+        sum_logprobs += current * (tokens[:, -1] != self.eot)
+        next_tokens[tokens[:, -1] == self.eot] = self.eot
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=-1)
+        return tokens, (tokens[:, -1] == self.eot).all()
 
 
 class _EncodedModel:
@@ -506,6 +562,10 @@ class Transcriber:
         self.timings: dict[str, float] = {}  # seconds per step, summed over this transcriber's life
         # On a CPU with native bfloat16 the encoder (compute-bound) runs in bfloat16.
         self.cpu_bf16 = device == "cpu" and getattr(model, "scribeline_cpu_optimized", False) and cpu_bf16_supported()
+        # Where a window's numbers cannot move with its batch (the int8 CPU path, windows
+        # encoded one at a time), windows of several tracks share batches; elsewhere a batch
+        # holds one track's windows only.
+        self.row_invariant = device == "cpu" and getattr(model, "scribeline_cpu_optimized", False)
 
     @contextmanager
     def _timed(self, step: str):
@@ -522,9 +582,13 @@ class Transcriber:
 
     @torch.no_grad()
     def _encode(self, samples: list[np.ndarray]) -> torch.Tensor:
+        """Encoder output per window. On a CPU one window per call: a matrix product's rows can
+        come out differently with the number of rows beside them (and it costs little: the
+        encoder is compute-bound)."""
         mel = torch.stack([self._mel(s) for s in samples]).to(self.dtype)
+        step = 1 if self.device == "cpu" else len(samples)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
-            features = self.model.encoder(mel)
+            features = torch.cat([self.model.encoder(mel[i : i + step]) for i in range(0, len(samples), step)])
         return features.to(self.dtype)
 
     # Language -----------------------------------------------------------
@@ -551,26 +615,34 @@ class Transcriber:
         return lang, float(total[lang])
 
     # Decoding -----------------------------------------------------------
-    def _decode(self, features: torch.Tensor, language: str, temperature: float, beam_size: int | None):
+    def _decode(self, features: torch.Tensor, language: str, temperature: float, beam_size: int | None,
+                limits: _RowLimits | None = None):
         opts = whisper.DecodingOptions(
             task=self.options.task,
             language=language,
             temperature=temperature,
+            sample_len=max(limits.max_tokens) + 1 if limits else None,  # +1: room for the forced end
             best_of=self.options.best_of if temperature > 0 else None,
             beam_size=beam_size if temperature == 0 else None,
             without_timestamps=True,  # window edges + word alignment give the times
             fp16=self.fp16,
         )
         # On a GPU the decoder steps run as CUDA graphs (see graphed_decoding).
-        task = _GroupedDecodingTask(self.model, opts, graphed=self.fp16)
+        task = _GroupedDecodingTask(self.model, opts, graphed=self.fp16, limits=limits)
         results = task.run(features)
         return results, task.audio_keys
 
-    def _needs_fallback(self, r) -> bool:
+    def max_tokens(self, window: Window) -> int:
+        """The most tokens a window's audio can hold (whisper's own cap: half the text context)."""
+        cap = self.model.dims.n_text_ctx // 2
+        return min(cap, int(np.ceil(self.options.max_tokens_per_s * window.num_samples / SAMPLE_RATE)) + 8)
+
+    def _needs_fallback(self, r, max_tokens: int) -> bool:
         o = self.options
         if r.no_speech_prob > o.no_speech_threshold and r.avg_logprob < o.logprob_threshold:
             return False  # silence: no point in sampling harder
-        return r.compression_ratio > o.compression_ratio_threshold or r.avg_logprob < o.logprob_threshold
+        return (r.compression_ratio > o.compression_ratio_threshold or r.avg_logprob < o.logprob_threshold
+                or len(r.tokens) >= max_tokens or guards.looping(r.tokens))
 
     def _is_silent(self, r) -> bool:
         o = self.options
@@ -590,137 +662,174 @@ class Transcriber:
 
     @torch.no_grad()
     def _transcribe(self, jobs: Sequence[AudioJob], progress: Callable[[int, int], None] | None) -> list[Transcript]:
-        languages = [self.detect_language(job) for job in jobs]
-        beams = [job.beam_size or self.options.beam_size for job in jobs]
-
-        def setup(inp: _Input) -> tuple[str, int | None]:
-            j = inp.parts[0][0]
-            return languages[j][0], beams[j]
-
-        def order(inputs: list[_Input]) -> list[_Input]:
-            # By language and beam so that one batch shares one decoder set-up, and by length
-            # so that a batch's inputs need similar numbers of decoding steps.
-            return sorted(inputs, key=lambda inp: (setup(inp)[0], setup(inp)[1] or 1, inp.speech_samples()))
-
-        alike: dict[tuple[str, int | None], list[tuple[int, Window]]] = {}
-        for j, job in enumerate(jobs):
-            alike.setdefault((languages[j][0], beams[j]), []).extend((j, w) for w in job.windows)
-        pack = self.options.pack_short_windows and self.options.word_timestamps  # word times split packed text
-        queue = order([inp for parts in alike.values()
-                       for inp in (pack_windows(parts) if pack else [_Input([p]) for p in parts])])
-        per_job: list[list[Segment]] = [[] for _ in jobs]
-        silent = [0] * len(jobs)
-        done, total = 0, len(queue)
-        while queue:
-            unpacked: list[_Input] = []  # windows of packed inputs whose text could not be split
-            for lo in range(0, len(queue), self.batch_size):
-                batch = queue[lo : lo + self.batch_size]
-                unpacked += self._run_batch(batch, [setup(inp) for inp in batch], jobs, per_job, silent)
+        """First every window at the first temperature, then the fallbacks of all windows that
+        need them together, temperature by temperature, within each track's budget."""
+        stopping.check()
+        tracks = [self._track(job) for job in jobs]
+        items = [_Item(t, w) for t, track in enumerate(tracks) for w in track.job.windows]
+        done, total = 0, len(items)
+        temps = self.options.temperatures
+        pending: list[_Item] = []
+        for batch in self._batches(items, tracks, temps[0]):
+            pending += self._decode_batch(batch, tracks, temps[0])
+            done += len(batch)
+            if progress:
+                progress(done, total)
+        for track in tracks:
+            if guards.unintelligible(track.failing, track.speech_windows):
+                track.flag("unintelligible", f"{track.failing} of {track.speech_windows} speech windows below the "
+                           f"log-probability threshold: {self._cannot_follow()}; no fallback decoding")
+        for temperature in temps[1:]:
+            retry = [it for it in pending if self._may_retry(it, tracks[it.track])]
+            for it in pending:
+                if it not in retry:  # its last result stands
+                    self._settle(it, tracks[it.track], it.features, (None, 0))
+            pending = []
+            total += len(retry)
+            for batch in self._batches(retry, tracks, temperature):
+                pending += self._decode_batch(batch, tracks, temperature)
                 done += len(batch)
                 if progress:
-                    progress(done, total + len(unpacked))
-            if unpacked:
-                log.info("decoding %d packed windows again alone", len(unpacked))
-            total += len(unpacked)
-            queue = order(unpacked)
+                    progress(done, total)
+        for it in pending:  # every temperature tried: the last result stands (as in whisper)
+            self._settle(it, tracks[it.track], it.features, (None, 0))
+        return [track.transcript() for track in tracks]
+
+    def _cannot_follow(self) -> str:
+        if self.model.is_multilingual:
+            return "noise, or speech the model cannot follow"
+        return "an English-only model given speech it cannot transcribe (another language?)"
+
+    def _track(self, job: AudioJob) -> _Track:
+        language, probability = self.detect_language(job)
+        duration_s = sum(w.num_samples for w in job.windows) / SAMPLE_RATE
+        budget = max(self.options.decode_budget_min_s, self.options.decode_budget_factor * duration_s)
+        return _Track(job, language, probability, job.beam_size or self.options.beam_size, budget)
+
+    def _batches(self, items: list[_Item], tracks: list[_Track], temperature: float) -> list[list[_Item]]:
+        """Batches of windows that share a decoder set-up (language, beam), similar lengths together;
+        one track's windows only where a window's numbers could move with its batch."""
+        def key(it: _Item):
+            track = tracks[it.track]
+            beam = track.beam if temperature == 0 else None
+            return (track.language, beam or 1, 0 if self.row_invariant else it.track)
+
+        groups: dict[tuple, list[_Item]] = {}
+        for it in items:
+            groups.setdefault(key(it), []).append(it)
         out = []
-        for j, job in enumerate(jobs):
-            segs = sorted(per_job[j], key=lambda s: s.start)
-            out.append(Transcript(languages[j][0], round(languages[j][1], 4), segs, len(job.windows), silent[j]))
+        for k in sorted(groups):
+            alike = sorted(groups[k], key=lambda it: (_speech_samples(it.window), it.track, it.window.index))
+            out += [alike[i : i + self.batch_size] for i in range(0, len(alike), self.batch_size)]
         return out
 
-    def _run_batch(self, batch: list[_Input], setups: list[tuple[str, int | None]], jobs: Sequence[AudioJob],
-                   per_job: list[list[Segment]], silent: list[int]) -> list[_Input]:
-        """Encode, decode and align one batch into ``per_job`` and ``silent``; returns the
-        windows of packed inputs that are to be decoded again alone."""
-        groups: dict[tuple[str, int | None], list[int]] = {}
-        for i, key in enumerate(setups):
-            groups.setdefault(key, []).append(i)
-        with self._timed("read"):
-            samples = [inp.read(jobs) for inp in batch]
-        with self._timed("encode"):
-            step = ENCODE_CHUNK_CPU if self.device == "cpu" else len(samples)
-            features = torch.cat([self._encode(samples[i : i + step]) for i in range(0, len(samples), step)])
-        again: list[_Input] = []
-        for (language, beam), idx in groups.items():
-            sub = features[idx]
-            with self._timed("decode"):
-                results, keys = self._decode_with_fallback(sub, language, beam)
-            for n, (k, r) in enumerate(zip(idx, results)):
-                inp, placed = batch[k], None
-                if not self._is_silent(r):
-                    with self._timed("align"):
-                        placed = self._segments(inp, r, sub[n], language, jobs, keys[n])
-                elif not inp.packed:
-                    silent[inp.parts[0][0]] += 1
-                    continue
-                if placed is None:  # a packed input judged silent, or its words not in its windows
-                    again.extend(_Input([p]) for p in inp.parts)
-                    continue
-                for j, segs in placed:
-                    per_job[j].extend(segs)
-        return again
+    def _decode_batch(self, batch: list[_Item], tracks: list[_Track], temperature: float) -> list[_Item]:
+        """Decode one batch at ``temperature``; settle what is final, return what needs a fallback."""
+        batch = [it for it in batch if not tracks[it.track].out_of_time]
+        if not batch:
+            return []
+        first = temperature == self.options.temperatures[0]
+        if first:
+            with self._timed("read"):
+                samples = [np.ascontiguousarray(tracks[it.track].job.read(it.window.start, it.window.end),
+                                                dtype=np.float32) for it in batch]
+            for it, x in zip(batch, samples):
+                it.seed = zlib.crc32(x.tobytes())  # sampling seeded from the window's own audio
+            with self._timed("encode"):
+                features = self._encode(samples)
+        else:
+            features = torch.stack([it.features for it in batch])
+        now = time.monotonic()
+        for it in batch:
+            tracks[it.track].begin(now)
+        head = tracks[batch[0].track]
+        limits = _RowLimits([self.max_tokens(it.window) for it in batch],
+                            [tracks[it.track].deadline() for it in batch], [it.seed for it in batch])
+        with self._timed("decode"):
+            results, kept = self._decode(features, head.language, temperature, head.beam if first else None, limits)
+        last = temperature == self.options.temperatures[-1]
+        retry = []
+        for n, (it, r) in enumerate(zip(batch, results)):
+            track = tracks[it.track]
+            it.result = r
+            if n in limits.out_of_time and not track.out_of_time:
+                track.out_of_time = True
+                track.flag("decode_budget", f"decoding held the model past the track's budget of {track.budget_s:.0f} s "
+                           f"({self.options.decode_budget_factor:g}x its duration); windows after it were not decoded")
+            if first and not self._is_silent(r):
+                track.speech_windows += 1
+                track.failing += r.avg_logprob < self.options.logprob_threshold
+            if not last and self._needs_fallback(r, limits.max_tokens[n]) and n not in limits.out_of_time:
+                it.features = features[n]
+                retry.append(it)
+                continue
+            self._settle(it, track, features[n], (kept, n))
+        return retry
 
-    def _decode_with_fallback(self, features: torch.Tensor, language: str, beam_size: int | None) -> tuple[list, list]:
-        """Each input's result, and where the keys and values of the decode that gave it are (or None)."""
-        temps = self.options.temperatures
-        results, kept = self._decode(features, language, temps[0], beam_size)
-        results = list(results)
-        keys = [(kept, i) for i in range(len(results))]
-        pending = [i for i, r in enumerate(results) if self._needs_fallback(r)]
-        for t in temps[1:]:
-            if not pending:
-                break
-            retried, kept = self._decode(features[pending], language, t, None)
-            for n, (i, r) in enumerate(zip(pending, retried)):
-                results[i], keys[i] = r, (kept, n)
-            pending = [i for i in pending if self._needs_fallback(results[i])]
-        return results, keys
+    def _may_retry(self, it: _Item, track: _Track) -> bool:
+        """Whether a window may be decoded at the next temperature (else its result stands, flagged)."""
+        if track.out_of_time or any(f.name == "unintelligible" for f in track.flags):
+            return False
+        if time.monotonic() > track.deadline(share=0.5):
+            if not any(f.name == "fallback_budget" for f in track.flags):
+                track.flag("fallback_budget", f"fallback decoding stopped at half the track's budget "
+                           f"({track.budget_s / 2:.0f} s); some windows keep a result that failed whisper's checks")
+            return False
+        return True
 
-    def _segments(self, inp: _Input, r, features: torch.Tensor, language: str, jobs: Sequence[AudioJob],
-                  keys: tuple[_AudioKeys | None, int]) -> list[tuple[int, list[Segment]]] | None:
-        """Each part's segments, as (job index, segments); None where a packed input's words
-        cannot be told apart by window (one lies in a gap, or a window got none)."""
-        base = dict(
+    def _settle(self, it: _Item, track: _Track, features: torch.Tensor, keys: tuple[_AudioKeys | None, int]) -> None:
+        """A window's final result: its segments, or a silent window counted; and the guards' findings."""
+        r, window = it.result, it.window
+        if self._is_silent(r):
+            track.silent += 1
+            return
+        with self._timed("align"):
+            segments = self._segments(window, track, r, features, keys)
+        track.segments.extend(segments)
+        start, end = segments[0].start, segments[-1].end
+        here = dict(window_index=window.index, start=start, end=end)
+        speech_s = sum(sp.end - sp.start for sp in window.speech) / SAMPLE_RATE or window.num_samples / SAMPLE_RATE
+        if guards.looping(r.tokens):
+            track.flag("looping", "decoding looped on a repeated pattern and was stopped", **here)
+        elif len(r.tokens) >= self.max_tokens(window):
+            track.flag("token_budget", f"decoding reached the window's budget of {self.max_tokens(window)} tokens", **here)
+        phrase = guards.repeated_phrase(r.text)
+        if phrase:
+            track.flag("repeated_text", f'"{phrase}" repeated within one window', **here)
+        rate = guards.too_fast(r.text, speech_s)
+        if rate:
+            track.flag("word_rate", f"{rate:.1f} words per second of speech (at most {guards.MAX_WORDS_PER_S:g} are possible)",
+                       **here)
+        if r.compression_ratio > self.options.compression_ratio_threshold:
+            track.flag("compression_ratio", f"text compresses {r.compression_ratio:.1f}x (repetitive) after every fallback",
+                       **here)
+
+    def _segments(self, window: Window, track: _Track, r, features: torch.Tensor,
+                  keys: tuple[_AudioKeys | None, int]) -> list[Segment]:
+        """A decoded window's segments: its sentences with their words, or the whole window without word timestamps."""
+        row = dict(
+            window_index=window.index,
             avg_logprob=round(float(r.avg_logprob), 4),
             no_speech_prob=round(float(r.no_speech_prob), 4),
             compression_ratio=round(float(r.compression_ratio), 4),
             temperature=float(r.temperature),
+            channel=track.job.channel,
         )
-        if not self.options.word_timestamps:  # never packed
-            j, window = inp.parts[0]
+        start, duration = window.start / SAMPLE_RATE, window.num_samples / SAMPLE_RATE  # exact: integer sample counts
+        if not self.options.word_timestamps:
             first = window.speech[0].start if window.speech else window.start
             last = window.speech[-1].end if window.speech else window.end
-            return [(j, [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), window.index,
-                                 channel=jobs[j].channel, **base)])]
-        words = self._aligned_words(r, features, language, inp.num_samples, keys)
-        split = _split_words(inp, words) if inp.packed else [words]
-        if split is None:
-            return None
-        out = []
-        for (j, window), at, ws in zip(inp.parts, inp.offsets(), split):
-            shift, duration = at / SAMPLE_RATE, window.num_samples / SAMPLE_RATE
-            start = window.start / SAMPLE_RATE  # exact: an integer sample count
-            timed = [Word(round(start + min(max(w.start - shift, 0.0), duration), 3),
-                          round(start + min(max(w.end - shift, 0.0), duration), 3), w.word, w.probability) for w in ws]
-            if inp.packed and timed and window.speech:
-                # Whisper's word times are contiguous: the silence before a packed window goes to
-                # the previous window's last word or to this one's first. Where it went to the
-                # previous, the first word starts late (0.4 s measured); the VAD's onset is sure.
-                onset = window.speech[0].start / SAMPLE_RATE
-                if onset < timed[0].start < timed[0].end:
-                    timed[0] = dataclasses.replace(timed[0], start=round(onset, 3))
-            row = dict(window_index=window.index, channel=jobs[j].channel, **base)
-            if not timed:  # only an unpacked window: a packed one without words was refused above
-                out.append((j, [Segment(start, start + duration, r.text.strip(), **row)]))
-                continue
-            out.append((j, [Segment(s[0].start, s[-1].end, "".join(w.word for w in s).strip(), words=s, **row)
-                            for s in _sentences(timed)]))
-        return out
+            return [Segment(first / SAMPLE_RATE, last / SAMPLE_RATE, r.text.strip(), **row)]
+        words = self._aligned_words(r, features, track.language, window.num_samples, keys)
+        timed = [Word(round(start + min(max(w.start, 0.0), duration), 3), round(start + min(max(w.end, 0.0), duration), 3),
+                      w.word, w.probability) for w in words]
+        if not timed:
+            return [Segment(start, start + duration, r.text.strip(), **row)]
+        return [Segment(s[0].start, s[-1].end, "".join(w.word for w in s).strip(), words=s, **row) for s in _sentences(timed)]
 
     def _aligned_words(self, r, features: torch.Tensor, language: str, num_samples: int,
                        keys: tuple[_AudioKeys | None, int]) -> list[Word]:
-        """whisper's word alignment of a decoded input; times in seconds from its start.
+        """whisper's word alignment of a decoded window; times in seconds from its start.
 
         Where the decode kept its cross-attention keys and values (the CPU path), the
         alignment pass reads them instead of computing them again from the audio."""
@@ -738,23 +847,54 @@ class Transcriber:
                 for w in seg.get("words", [])]
 
 
-def _split_words(inp: _Input, words: list[Word]) -> list[list[Word]] | None:
-    """A packed input's words, per part, by where each word's middle lies.
+@dataclass(eq=False)
+class _Item:
+    """One window in flight: its track, the seed of its sampling, its features while it may be decoded again."""
 
-    None if a word's middle lies more than PACK_SPILL_S outside its part's audio (in a
-    gap: it cannot be told whose it is) or a part got no words (whisper skipped it):
-    then the parts are decoded again alone rather than risk text landing in the wrong file.
-    """
-    spans = [(at / SAMPLE_RATE, (at + w.num_samples) / SAMPLE_RATE) for at, (_, w) in zip(inp.offsets(), inp.parts)]
-    out: list[list[Word]] = [[] for _ in spans]
-    for word in words:
-        middle = (word.start + word.end) / 2
-        k = next((i for i, (_, end) in enumerate(spans) if middle < end + PACK_GAP_S / 2), len(spans) - 1)
-        lo, hi = spans[k]
-        if not lo - PACK_SPILL_S <= middle <= hi + PACK_SPILL_S:
-            return None
-        out[k].append(word)
-    return out if all(out) else None
+    track: int
+    window: Window
+    seed: int = 0
+    features: torch.Tensor | None = None
+    result: object = None  # the latest whisper DecodingResult
+
+
+@dataclass
+class _Track:
+    """One audio job's state during a transcription call."""
+
+    job: AudioJob
+    language: str
+    language_probability: float
+    beam: int | None
+    budget_s: float  # how long its windows may hold the model, from its first decode
+    started: float | None = None
+    out_of_time: bool = False
+    speech_windows: int = 0  # first pass: windows with speech...
+    failing: int = 0  # ...and those of them below the log-probability threshold
+    silent: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
+
+    def begin(self, now: float) -> None:
+        if self.started is None:
+            self.started = now
+
+    def deadline(self, share: float = 1.0) -> float:
+        return float("inf") if self.started is None else self.started + share * self.budget_s
+
+    def flag(self, name: str, reason: str, **where) -> None:
+        self.flags.append(Flag(name, reason, **where))
+        log.warning("transcript flagged %s: %s", name, reason)
+
+    def transcript(self) -> Transcript:
+        segments = sorted(self.segments, key=lambda s: s.start)
+        flags = sorted(self.flags, key=lambda f: (f.start is not None, f.start or 0.0))
+        return Transcript(self.language, round(self.language_probability, 4), segments, len(self.job.windows),
+                          self.silent, flags)
+
+
+def _speech_samples(window: Window) -> int:
+    return sum(s.end - s.start for s in window.speech)
 
 
 def _sentences(words: list[Word]) -> list[list[Word]]:

@@ -18,7 +18,6 @@ def sentences(media_dir, settings, tmp_path_factory):
     """The two sentences alone: where their words are, relative to each clip's start."""
     tmp = tmp_path_factory.mktemp("alone")
     a, b = media_dir / "en_harvard_birch_canoe.wav", media_dir / "en_timit_ldc93s1.wav"
-    # One call each: together, their two short windows would be packed into one whisper input.
     ra, rb = (local.transcribe_files(settings, [clip], tmp / clip.stem)[0] for clip in (a, b))
     return a, b, ra, rb
 

@@ -54,30 +54,6 @@ def test_quality_signals_are_carried(english):
     assert seg.temperature == 0.0
 
 
-def test_batching_never_mixes_windows_of_different_files(media_dir, settings, tmp_path):
-    # In float32, with windows not packed, a window's text does not depend on what shares its
-    # batch. (int8 dynamic quantization scales activations per batch, and a packed window is read
-    # with its neighbours' audio in view, so there a word may differ: see README, test_packing.)
-    import dataclasses
-
-    from scribeline import stages
-    from scribeline.transcription import transcriber_for
-
-    options = dataclasses.replace(stages.transcribe_options(settings), pack_short_windows=False)
-    fp32 = transcriber_for(settings.model, "cpu", options, cpu_int8=False)
-    paths = [media_dir / f for f in EXACT_ENGLISH]
-    prepared = local.transcribe_files(settings, paths, tmp_path)  # normalized audio and windows
-    from scribeline import media
-
-    jobs = [stages.audio_job(settings, media.open_audio(r.audio.path), r.audio.gain_db, r.windows, r.info.sample_rate)
-            for r in prepared]
-    together = fp32.transcribe(jobs)
-    alone = [fp32.transcribe([job])[0] for job in jobs]
-    assert [t.text for t in together] == [t.text for t in alone]
-    assert [[w.start for s in t.segments for w in s.words] for t in together] == \
-           [[w.start for s in t.segments for w in s.words] for t in alone]
-
-
 def test_english_only_model_reports_english(english):
     assert {r.transcript.language for r in english.values()} == {"en"}
 

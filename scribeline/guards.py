@@ -9,9 +9,11 @@ left after that, and at the decoding itself:
   (whisper's typical hallucination on noise: "the birch canoe slid on the smooth
   planks, the birch canoe slid on the smooth planks").
 - ``word_rate``: more words than the window's speech could hold.
-- ``unintelligible``: most of a track's speech windows fail the log-probability
-  threshold: the model cannot transcribe this speech (an English-only model given
-  another language, or a model out of its depth in noise).
+- ``unintelligible``: most of a track's speech windows fail whisper's checks
+  (log-probability, compression ratio, a loop): the model cannot transcribe this
+  speech (an English-only model given another language, or a model out of its depth
+  in noise). Seen after the first pass, fallback decoding is skipped: it would only
+  sample more of the same, at the highest cost.
 
 Each finding becomes a :class:`~scribeline.transcription.Flag` on the transcript.
 """
@@ -27,7 +29,8 @@ REPEAT_MIN_WORDS = 5  # a phrase this long said twice in one window is repeated 
 REPEAT_SHORT_WORDS = 3  # ...and one this long said three times
 MAX_WORDS_PER_S = 6.5  # very fast speech is ~5 words/s; more than this cannot have been said
 WORD_RATE_MIN_WORDS = 12  # too few words to judge a rate on
-UNINTELLIGIBLE_SHARE = 0.5  # share of speech windows below the log-probability threshold
+UNINTELLIGIBLE_SHARE = 0.5  # share of speech windows failing whisper's checks...
+UNINTELLIGIBLE_MIN_WINDOWS = 3  # ...out of at least this many, to give up on fallbacks after the first pass
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
@@ -48,14 +51,16 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def repeated_phrase(text: str) -> str | None:
-    """A phrase of REPEAT_MIN_WORDS+ words said twice, or of REPEAT_SHORT_WORDS+ said three times; None if none."""
+def repeated_phrase(text: str) -> tuple[int, int] | None:
+    """(words, times) of a phrase of REPEAT_MIN_WORDS+ words said twice or of REPEAT_SHORT_WORDS+ said
+    three times; None if there is none. Not the phrase itself: the finding is stored unredacted."""
     words = words_of(text)
     for n, times in ((REPEAT_MIN_WORDS, 2), (REPEAT_SHORT_WORDS, 3)):
         grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         for gram, count in grams.most_common(1):
-            if count >= times and _apart(words, gram) >= times:
-                return " ".join(gram)
+            apart = _apart(words, gram)
+            if count >= times and apart >= times:
+                return n, apart
     return None
 
 
@@ -79,6 +84,6 @@ def too_fast(text: str, speech_s: float) -> float | None:
     return rate if rate > MAX_WORDS_PER_S else None
 
 
-def unintelligible(failing: int, speech_windows: int) -> bool:
-    """Whether the share of speech windows failing the log-probability threshold says the model cannot follow."""
-    return speech_windows > 0 and failing / speech_windows >= UNINTELLIGIBLE_SHARE
+def unintelligible(failing: int, speech_windows: int, min_windows: int = 1) -> bool:
+    """Whether the share of speech windows failing whisper's checks says the model cannot follow."""
+    return speech_windows >= min_windows and failing / speech_windows >= UNINTELLIGIBLE_SHARE

@@ -272,17 +272,21 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
              unexpected_count=c["unexpected_count"], details=c["details"])
         for k, c in enumerate(checks["checks"])
     ])
+    flags = pd.DataFrame([dict(media_id=media_id, flag_index=k, flag=f.name, window_index=f.window_index,
+                               start_s=f.start, end_s=f.end, reason=f.reason) for k, f in enumerate(t.flags)])
     row = dict(
         media_id=media_id, source_bucket=ingested["bucket"], source_key=ingested["key"], source_etag=ingested["etag"],
         size_bytes=ingested["size"], sha256=ingested["sha256"], container=info["container"], codec=info["codec"],
         sample_rate=info["sample_rate"], channels=info["channels"], bit_rate=info["bit_rate"],
         duration_s=round(segmented["duration_s"], 3), language=t.language, language_probability=t.language_probability,
         model=Path(settings.model).name, task=settings.task, segment_count=len(t.segments), word_count=len(words),
-        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"],
+        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"], needs_review=t.needs_review,
+        review_reasons=",".join(dict.fromkeys(f.name for f in t.flags)) or None,
         gain_db=segmented["tracks"][0]["gain_db"], processing_s=round(processing_s, 3),
         processed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), pipeline_version=PIPELINE_VERSION,
     )
-    return row, {"segments": segments, "words": words, "pii_entities": pii, "quality_checks": quality}
+    return row, {"segments": segments, "words": words, "pii_entities": pii, "quality_checks": quality,
+                 "transcript_flags": flags}
 
 
 def _load_many(items: list[tuple[Path, dict, dict]]) -> list:

@@ -675,10 +675,10 @@ class Transcriber:
             done += len(batch)
             if progress:
                 progress(done, total)
-        for track in tracks:
-            if guards.unintelligible(track.failing, track.speech_windows):
-                track.flag("unintelligible", f"{track.failing} of {track.speech_windows} speech windows below the "
-                           f"log-probability threshold: {self._cannot_follow()}; no fallback decoding")
+        for track in tracks:  # most windows failing at once: sampling harder will not help, and costs most
+            if guards.unintelligible(track.failing, track.speech_windows, min_windows=guards.UNINTELLIGIBLE_MIN_WINDOWS):
+                track.flag("unintelligible", f"{track.failing} of {track.speech_windows} speech windows failed whisper's "
+                           f"checks: {self._cannot_follow()}; no fallback decoding")
         for temperature in temps[1:]:
             retry = [it for it in pending if self._may_retry(it, tracks[it.track])]
             for it in pending:
@@ -693,6 +693,10 @@ class Transcriber:
                     progress(done, total)
         for it in pending:  # every temperature tried: the last result stands (as in whisper)
             self._settle(it, tracks[it.track], it.features, (None, 0))
+        for track in tracks:
+            if guards.unintelligible(track.unresolved, track.speech_windows) and not track.flagged("unintelligible"):
+                track.flag("unintelligible", f"{track.unresolved} of {track.speech_windows} speech windows failed "
+                           f"whisper's checks after every fallback: {self._cannot_follow()}")
         return [track.transcript() for track in tracks]
 
     def _cannot_follow(self) -> str:
@@ -758,7 +762,7 @@ class Transcriber:
                            f"({self.options.decode_budget_factor:g}x its duration); windows after it were not decoded")
             if first and not self._is_silent(r):
                 track.speech_windows += 1
-                track.failing += r.avg_logprob < self.options.logprob_threshold
+                track.failing += self._needs_fallback(r, limits.max_tokens[n])
             if not last and self._needs_fallback(r, limits.max_tokens[n]) and n not in limits.out_of_time:
                 it.features = features[n]
                 retry.append(it)
@@ -768,10 +772,10 @@ class Transcriber:
 
     def _may_retry(self, it: _Item, track: _Track) -> bool:
         """Whether a window may be decoded at the next temperature (else its result stands, flagged)."""
-        if track.out_of_time or any(f.name == "unintelligible" for f in track.flags):
+        if track.out_of_time or track.flagged("unintelligible"):
             return False
         if time.monotonic() > track.deadline(share=0.5):
-            if not any(f.name == "fallback_budget" for f in track.flags):
+            if not track.flagged("fallback_budget"):
                 track.flag("fallback_budget", f"fallback decoding stopped at half the track's budget "
                            f"({track.budget_s / 2:.0f} s); some windows keep a result that failed whisper's checks")
             return False
@@ -786,6 +790,7 @@ class Transcriber:
         with self._timed("align"):
             segments = self._segments(window, track, r, features, keys)
         track.segments.extend(segments)
+        track.unresolved += self._needs_fallback(r, self.max_tokens(window))
         start, end = segments[0].start, segments[-1].end
         here = dict(window_index=window.index, start=start, end=end)
         speech_s = sum(sp.end - sp.start for sp in window.speech) / SAMPLE_RATE or window.num_samples / SAMPLE_RATE
@@ -793,15 +798,15 @@ class Transcriber:
             track.flag("looping", "decoding looped on a repeated pattern and was stopped", **here)
         elif len(r.tokens) >= self.max_tokens(window):
             track.flag("token_budget", f"decoding reached the window's budget of {self.max_tokens(window)} tokens", **here)
-        phrase = guards.repeated_phrase(r.text)
-        if phrase:
-            track.flag("repeated_text", f'"{phrase}" repeated within one window', **here)
+        repeated = guards.repeated_phrase(r.text)
+        if repeated:
+            track.flag("repeated_text", f"a phrase of {repeated[0]}+ words said {repeated[1]} times in one window", **here)
         rate = guards.too_fast(r.text, speech_s)
         if rate:
             track.flag("word_rate", f"{rate:.1f} words per second of speech (at most {guards.MAX_WORDS_PER_S:g} are possible)",
                        **here)
         if r.compression_ratio > self.options.compression_ratio_threshold:
-            track.flag("compression_ratio", f"text compresses {r.compression_ratio:.1f}x (repetitive) after every fallback",
+            track.flag("compression_ratio", f"text compresses {r.compression_ratio:.1f}x (repetitive) in its last decode",
                        **here)
 
     def _segments(self, window: Window, track: _Track, r, features: torch.Tensor,
@@ -870,7 +875,8 @@ class _Track:
     started: float | None = None
     out_of_time: bool = False
     speech_windows: int = 0  # first pass: windows with speech...
-    failing: int = 0  # ...and those of them below the log-probability threshold
+    failing: int = 0  # ...those of them that failed whisper's checks...
+    unresolved: int = 0  # ...and those still failing them in the end
     silent: int = 0
     segments: list[Segment] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
@@ -881,6 +887,9 @@ class _Track:
 
     def deadline(self, share: float = 1.0) -> float:
         return float("inf") if self.started is None else self.started + share * self.budget_s
+
+    def flagged(self, name: str) -> bool:
+        return any(f.name == name for f in self.flags)
 
     def flag(self, name: str, reason: str, **where) -> None:
         self.flags.append(Flag(name, reason, **where))

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS media (
     pii_count           INTEGER,
     no_speech           BOOLEAN,   -- no speech found anywhere in the file
     quality_ok          BOOLEAN,   -- every quality check passed (warnings included)
+    needs_review        BOOLEAN,   -- a transcription guard flagged it (see transcript_flags)
+    review_reasons      VARCHAR,   -- the guards' flag names, comma-separated
     gain_db             DOUBLE,    -- gain applied before VAD
     processing_s        DOUBLE,
     processed_at        TIMESTAMP,
@@ -94,6 +96,16 @@ CREATE TABLE IF NOT EXISTS quality_checks (
     details          VARCHAR,
     PRIMARY KEY (media_id, check_index)
 );
+CREATE TABLE IF NOT EXISTS transcript_flags (  -- what the transcription guards found (scribeline/guards.py)
+    media_id     VARCHAR NOT NULL,
+    flag_index   INTEGER NOT NULL,
+    flag         VARCHAR NOT NULL,  -- repeated_text, word_rate, looping, token_budget, compression_ratio, unintelligible, fallback_budget
+    window_index INTEGER,           -- NULL: about the whole media
+    start_s      DOUBLE,
+    end_s        DOUBLE,
+    reason       VARCHAR,
+    PRIMARY KEY (media_id, flag_index)
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     quarantine_key VARCHAR PRIMARY KEY,  -- object key of the JSON record in the quarantine bucket
     source_bucket  VARCHAR,
@@ -104,11 +116,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     attempts       INTEGER,
     quarantined_at TIMESTAMP
 );
+-- Warehouses made before these columns existed get them (NULL for media loaded then).
+ALTER TABLE media ADD COLUMN IF NOT EXISTS needs_review BOOLEAN;
+ALTER TABLE media ADD COLUMN IF NOT EXISTS review_reasons VARCHAR;
 CREATE OR REPLACE VIEW transcripts AS
 SELECT m.media_id,
        's3://' || m.source_bucket || '/' || m.source_key AS source_object,
        m.language,
        m.duration_s,
+       m.needs_review,
        coalesce(string_agg(s.text, ' ' ORDER BY s.start_s, s.segment_index), '') AS text
 FROM media m LEFT JOIN segments s USING (media_id)
 GROUP BY ALL;
@@ -283,6 +299,6 @@ def row_counts(path: Path) -> dict[str, int]:
     con = connect(path, read_only=True)
     try:
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("media", "segments", "words", "pii_entities", "quality_checks", "quarantine")}
+                for t in ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine")}
     finally:
         con.close()

@@ -9,6 +9,11 @@ validation and loading are coalesced the same way. A media that fails a stage
 leaves the waves and is quarantined with the stage, the error and the number of
 attempts; the others go on.
 
+A stop (SIGINT, SIGTERM, or the run cancelled from Prefect's API/UI: see
+:mod:`scribeline.stopping`) starts no further task or wave, makes the tasks in
+flight raise ``Stopped`` at their next check, and quarantines nothing: every media
+not yet archived stays in the incoming bucket for the next run.
+
 Stage results (windows, transcripts) go to the next task wrapped in ``quote``:
 Prefect otherwise walks every element of a task's parameters looking for
 futures, on the GIL (measured: 8 tasks each given a 1,400-word transcript took
@@ -18,14 +23,19 @@ futures, on the GIL (measured: 8 tasks each given a 1,400-word transcript took
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from scribeline import stages, storage
+from scribeline import stages, stopping, storage
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import ingest, list_incoming
@@ -81,6 +91,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     live = sorted((m for m in items if m.live), key=lambda m: -m.ref.size)
     if not live:
         return
+    stopping.check()  # no wave starts once the run is stopping
     started = time.perf_counter()
     futures = []
     for name, submit in stages_.items():  # every media's first stage is queued before any second one
@@ -103,6 +114,10 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
         except BaseException as exc:  # noqa: BLE001 - any failure quarantines this media only
             error, stage = stages.describe(exc), name
         failures[id(m)] = (m, stage, error, fut)
+    if stopping.requested():
+        # A stop is not the media's fault: none of this wave's failures is quarantined, and
+        # every media of the run stays in the incoming bucket (the tasks have all ended).
+        raise stopping.Stopped(stopping.reason())
     for m, stage, error, fut in failures.values():
         m.failed = True
         ingested = m.results.get("ingest", {})
@@ -118,7 +133,21 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
 @flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=16),
       flow_run_name=lambda: f"incoming-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}", validate_parameters=True)
 def process_incoming(max_objects: int = 0) -> list[dict]:
-    """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run)."""
+    """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run).
+
+    Raises ``stopping.Stopped`` when the run was stopped (see the module's docstring); a run
+    cancelled from the API or UI ends Cancelled (its caller gets Prefect's ``CancelledRun``)."""
+    with _stop_when_cancelled(), _stop_tasks_when_interrupted():
+        try:
+            stopping.check()  # stopped before the flow began (e.g. during the upload)
+            return _process(max_objects)
+        except stopping.Stopped:
+            if stopping.reason() == "cancelled":  # as asked: a Cancelled run, not a Failed one
+                return Cancelled(message="cancelled: the unfinished media stay in the incoming bucket")
+            raise
+
+
+def _process(max_objects: int) -> list[dict]:
     log = get_run_logger()
     settings = Settings.from_env()
     storage.ensure_buckets(settings)
@@ -163,6 +192,59 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
     done = sum(o["state"] == "processed" for o in outcomes)
     log.info("%d processed, %d quarantined", done, len(outcomes) - done)
     return outcomes
+
+
+@contextmanager
+def _stop_tasks_when_interrupted():
+    """Stop the tasks in flight when the flow's own thread is interrupted.
+
+    During a flow run Prefect's SIGTERM handler raises ``TerminationSignal`` in the flow's
+    thread, and the engine then waits for the tasks in flight before it ends the run: asked
+    to stop here, they end at their next check instead of finishing a long transcription."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        stopping.request("SIGINT")
+        raise
+    except TerminationSignal as exc:
+        stopping.request(signal.Signals(exc.signal).name)
+        raise
+
+
+POLL_CANCELLATION_S = 1.0
+
+
+@contextmanager
+def _stop_when_cancelled():
+    """Watch this flow run's state while it runs: Cancelling or Cancelled (the run was cancelled
+    from the API or UI) requests a stop. An in-process run is told of a cancellation in no other
+    way (a worker's run process also gets SIGTERM: see _stop_tasks_when_interrupted)."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        yield
+        return
+    flow_run_id, done = ctx.flow_run.id, threading.Event()
+
+    def watch() -> None:
+        with get_client(sync_client=True) as client:
+            while not done.wait(POLL_CANCELLATION_S):
+                try:
+                    state = client.read_flow_run(flow_run_id).state
+                except Exception:  # noqa: BLE001 - the API may be busy: ask again next time
+                    continue
+                if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                    stopping.request("cancelled")
+                    return
+
+    watcher = threading.Thread(target=watch, name="scribeline-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _processed(m: _Media, settings: Settings, note: str = "") -> dict:

@@ -73,10 +73,11 @@ def _with_s3(settings: Settings):
 
 
 def _upload(settings: Settings, paths: list[str]) -> list:
-    from scribeline import storage
+    from scribeline import stopping, storage
 
     refs = []
     for path in storage.expand_paths([Path(p) for p in paths]):
+        stopping.check()  # `run` stopped during its upload: the rest is not sent
         refs.append(storage.upload_file(settings, path))
         print(f"uploaded {path} -> {refs[-1].uri}")
     return refs
@@ -91,21 +92,75 @@ def cmd_submit(settings: Settings, args) -> int:
     return 0
 
 
+# A stopped run exits as a shell reports a process ended by the signal (128 + its number); a
+# cancellation from Prefect's API/UI as a worker's run process does (it gets SIGTERM).
+STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143, "cancelled": 143}
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM ask the run to stop (scribeline.stopping) instead of ending the process
+    where it stands: the work in flight stops at its next check, nothing half-done is loaded, and
+    the embedded S3 server is stopped. The same signal again acts as usual (ends the process at once).
+
+    During the flow run Prefect's own SIGTERM handler stands in for this one (see
+    flows.process_incoming); it calls this one once the flow has ended."""
+    import signal
+
+    from scribeline import stopping
+
+    def request_stop(signum, frame):
+        stopping.request(signal.Signals(signum).name)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, request_stop)
+
+
+def _stopped() -> int:
+    from scribeline import stopping
+
+    reason = stopping.reason()
+    why = "the flow run was cancelled" if reason == "cancelled" else reason
+    print(f"scribeline: stopped ({why}): the work in flight was abandoned and nothing of it loaded; "
+          f"every object not yet processed is still in the incoming bucket for the next run", file=sys.stderr)
+    return STOP_STATUS.get(reason, 1)
+
+
 def cmd_run(settings: Settings, args) -> int:
-    stop = _with_s3(settings)
+    from scribeline import stopping
+
+    _stop_on_signals()
+    from scribeline.startup import ColdStart, timeline
+
+    # S3, Prefect's API and (with media to process) the engines start side by side: see scribeline.startup.
+    cold = ColdStart(settings, warm=bool(args.paths))
+    stop = cold.s3()
     try:
         if args.paths:
-            _upload(settings, args.paths)
+            timeline.span("upload", _upload, settings, args.paths)
+        elif cold.any_waiting():
+            cold.warm()
+        timeline.start("import flow")
         from flows.process_incoming import process_incoming
         from scribeline import services
 
+        timeline.end("import flow")
         try:
+            cold.api()
             with services.ephemeral_flow_runs():
-                outcomes = process_incoming(max_objects=args.max_objects)
-        except Exception as exc:  # noqa: BLE001 - the flow failed as a whole; its media stay in incoming
+                outcomes = timeline.span("flow", process_incoming, max_objects=args.max_objects)
+        except BaseException as exc:
+            # A stop surfaces as Stopped, as Prefect's TerminationSignal (its SIGTERM handler during
+            # a flow run), or as whatever failed while the run was stopping.
+            if stopping.requested():
+                return _stopped()
+            if not isinstance(exc, Exception):
+                raise
             print(f"scribeline: the run failed, nothing was moved out of the incoming bucket: "
                   f"{type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
+    except stopping.Stopped:  # during the upload
+        return _stopped()
     finally:
         stop()
     _print_outcomes(outcomes)
@@ -113,11 +168,13 @@ def cmd_run(settings: Settings, args) -> int:
 
 
 def cmd_demo(settings: Settings, args) -> int:
-    from scribeline import samples
+    from scribeline import samples, stopping
 
     paths = args.paths or [str(p) for p in samples.synthesize(settings.data_dir / "samples")]
     args.paths, args.max_objects = paths, 0
-    cmd_run(settings, args)
+    status = cmd_run(settings, args)
+    if stopping.requested():
+        return status
     print("\n$ scribeline query \"select source_object, language, round(duration_s, 1) as duration_s, text from transcripts\"")
     return cmd_query(settings, argparse.Namespace(
         sql="select source_object, language, round(duration_s, 1) as duration_s, text from transcripts order by source_object",

@@ -92,6 +92,12 @@ def _analyzer_process(broken: ProcessPoolExecutor | None = None) -> ProcessPoolE
         return _process
 
 
+def start_analyzer() -> None:
+    """Start the analyzer's process now, without waiting for it to load (a ``scribeline run``
+    starts it beside the model's load instead of at the first redaction)."""
+    _analyzer_process().submit(os.getpid)
+
+
 def find_pii(text: str, entities: tuple[str, ...], threshold: float) -> list[Region]:
     """``analyze`` in the analyzer's process; if that process died, once more in a fresh one."""
     if not text.strip():

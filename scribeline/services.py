@@ -115,7 +115,7 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
         "-master.telemetry=false", "-admin.ui=false",
         f"-s3.port={port}", f"-master.port={9333 + base}", f"-volume.port={8080 + base}",
         f"-filer.port={8888 + base}", f"-admin.port={23646 + base}", f"-webdav.port={7333 + base}",
-        f"-s3.port.iceberg={8181 + base}", f"-s3.port.lance={9101 + base}",
+        f"-s3.port.iceberg={8181 + base}", f"-s3.port.lance={9101 + base}", "-volume.preStopSeconds=0",
     ]
     _spawn(_niced(cmd), env, svc.log_file, svc.pid_file, store)
     _wait(lambda: _port_open(port), timeout, svc)
@@ -201,22 +201,37 @@ def ephemeral_flow_runs():
     heartbeat thread sleeps in 1-second steps and is joined when a synchronous flow run
     ends, which delayed every run's end by 0.5 s on average (0.55 s measured).
 
-    The API's process is started here and runs at the lowest priority, as the embedded
-    servers do: recording the task runs' events took it 2.3 s of CPU time in a 17 s
+    The API's process is started by :func:`start_ephemeral_api` (``scribeline run``,
+    before Prefect is imported), else here as Prefect's own ``SubprocessASGIServer`` (an
+    in-process caller that imported Prefect first); either runs at the lowest priority
+    once it answers, as the embedded servers do: recording the task runs' events took it 2.3 s of CPU time in a 17 s
     run on 2 cores, beside the model. Reniced, the benchmark's pipeline took 12.4 s
     (median of 6) against 12.9 s, the validate+redact wave 0.36-0.45 s against 0.47-0.59 s.
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    if PREFECT_API_URL.value():
-        yield
+    url = PREFECT_API_URL.value()
+    if url and not (_ephemeral_api is not None and url == _ephemeral_api.api_url):
+        yield  # a lasting server
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    if url:  # started by start_ephemeral_api (niced from the start)
+        _ephemeral_api.wait()
+    else:  # Prefect was imported first (an in-process caller): Prefect's own subprocess server
+        from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()  # the one Prefect's clients use when no API URL is set
-    server.start()
-    if server.server_process is not None:
-        _renice_lowest(server.server_process.pid)
+        seeded = seed_prefect_db(Settings.from_env())
+        server = SubprocessASGIServer()  # the one Prefect's clients use when no API URL is set
+        # Started with SIGINT blocked, which it inherits: a Ctrl-C reaches the terminal's whole
+        # process group, and the run needs this API to record its stop (SIGTERM ends it at exit).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if server.server_process is not None:
+            _renice_lowest(server.server_process.pid)
+        if not seeded:
+            save_prefect_db_template(Settings.from_env())
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
@@ -245,3 +260,183 @@ def prefect_healthy(settings: Settings) -> bool:
 
 def s3_running(settings: Settings) -> bool:
     return s3_service(settings).pid() is not None and _port_open(settings.embedded_s3_port)
+
+
+# ------------------------------------------------------------ Prefect's ephemeral API, started here
+# `scribeline run` with no API configured used to let Prefect start its ephemeral API
+# (``SubprocessASGIServer``) at the first client call. That costs the command three things
+# it does not need: importing ``prefect.server.api.server`` only to spawn a process (2.4 s
+# of CPU time, measured on 2 cores), a start that waits until the flow is called, and on a
+# fresh data directory every one of Prefect's database migrations (~5 s of the server's CPU
+# time). So the command starts the same server itself (the same uvicorn command and
+# environment as Prefect's), before it imports Prefect, while it does everything else;
+# and seeds a fresh ``PREFECT_HOME`` with an empty, migrated database kept per Prefect
+# version in the user's cache directory (written after the first start on an empty
+# database, checked to hold no run). The server still runs its migrations on start (a
+# no-op at head), so a stale copy is upgraded, not trusted.
+
+_DB_ENV = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
+def prefect_db_template() -> Path:
+    """Where an empty, migrated Prefect database for this Prefect version is kept."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scribeline"
+    return cache / f"prefect-{_prefect_version()}-empty.db"
+
+
+def _default_db(settings: Settings) -> Path | None:
+    """The ephemeral API's SQLite file, unless the database is configured elsewhere."""
+    if any(os.environ.get(k) for k in _DB_ENV):
+        return None
+    return Path(prefect_env(settings)["PREFECT_HOME"]) / "prefect.db"
+
+
+def seed_prefect_db(settings: Settings) -> bool:
+    """Copy the empty migrated database into a fresh ``PREFECT_HOME``; True if copied."""
+    db = _default_db(settings)
+    if db is None or db.exists():
+        return False
+    template = prefect_db_template()
+    if not template.exists():
+        return False
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_suffix(".db.seeding")
+    shutil.copyfile(template, tmp)
+    tmp.replace(db)
+    return True
+
+
+def save_prefect_db_template(settings: Settings) -> None:
+    """Keep a copy of a just-migrated, still empty database (SQLite's backup: consistent while open)."""
+    import sqlite3
+
+    db = _default_db(settings)
+    template = prefect_db_template()
+    if db is None or not db.exists() or template.exists():
+        return
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            empty = dst.execute("SELECT (SELECT count(*) FROM flow_run) + (SELECT count(*) FROM task_run)").fetchone()[0] == 0
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+            src.close()
+        if empty:
+            tmp.replace(template)
+        else:
+            tmp.unlink(missing_ok=True)
+    except (OSError, sqlite3.Error):  # a cache only: the next fresh start migrates instead
+        pass
+
+
+class EphemeralAPI:
+    """Prefect's API server for one process's flow runs: started here, stopped when the process exits."""
+
+    def __init__(self, settings: Settings, timeout: float = 120.0):
+        self.settings = settings
+        self.timeout = timeout
+        self.seeded = seed_prefect_db(settings)
+        self.log_file = _run_dir(settings) / f"prefect-ephemeral-{os.getpid()}.log"
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self._ready = False
+        self._spawn()
+        import atexit
+
+        # Registered before Prefect is imported: Prefect flushes its logs and events to this
+        # API at exit (threading's exit hooks, which run before atexit's), then this stops it.
+        atexit.register(self.stop)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> None:
+        import importlib.util
+
+        with socket.socket() as s:  # a free port, as Prefect's own ephemeral server picks one
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # not imported here
+        env = dict(os.environ, **prefect_env(self.settings))
+        env.pop("PREFECT_API_URL", None)
+        # What Prefect's SubprocessASGIServer sets: no UI, the ephemeral set of services.
+        env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        if self.seeded:  # the copied database has them: registering again only rewrites the same rows
+            env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
+        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", "error", "--lifespan", "on"]
+        # At normal priority while it starts, as the command's other start-ups: niced from the
+        # start, it took 28 s instead of 8 on a busy machine. wait() renices it once it answers.
+        # A session of its own: a Ctrl-C reaches the terminal's whole process group, and the run
+        # needs this API to record its stop (stop() ends it at exit).
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, cwd=self.settings.data_dir,
+                                            start_new_session=True)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait(self) -> "EphemeralAPI":
+        """Block until the API answers (it was started in the background)."""
+        if self._ready:
+            return self
+        deadline = time.monotonic() + self.timeout
+        while not self.healthy():
+            code = self.process.poll()
+            if code == 3:  # uvicorn could not bind: the port was taken meanwhile
+                self._spawn()
+            elif code is not None:
+                tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+                raise RuntimeError(f"Prefect's ephemeral API exited during start-up (code {code}):\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Prefect's ephemeral API did not come up within {self.timeout:.0f} s; see {self.log_file}")
+            time.sleep(0.05)
+        self._ready = True
+        _renice_lowest(self.process.pid)  # beside the model for the rest of the run, as the S3 server
+        if not self.seeded:
+            save_prefect_db_template(self.settings)
+        return self
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.returncode in (0, -signal.SIGTERM):
+            self.log_file.unlink(missing_ok=True)
+
+
+_ephemeral_api: EphemeralAPI | None = None
+
+
+def start_ephemeral_api(settings: Settings) -> EphemeralAPI:
+    """Start Prefect's API for this process and point Prefect at it. Call before Prefect is imported:
+    Prefect reads ``PREFECT_API_URL`` into its global settings at import."""
+    global _ephemeral_api
+    if _ephemeral_api is None:
+        _ephemeral_api = EphemeralAPI(settings)
+        os.environ["PREFECT_API_URL"] = _ephemeral_api.api_url
+    return _ephemeral_api

@@ -125,6 +125,12 @@ def _context():
     }
 
 
+def warm_up() -> None:
+    """Import Great Expectations and build the context now (seconds of CPU time), ahead of the first validation."""
+    with _lock:
+        _context()
+
+
 def _missing(df: pd.DataFrame, expectation_type: str, kwargs: dict) -> pd.Series:
     """Rows an expectation skips as missing, as GE counts them (for not-null, nulls are the failures)."""
     if expectation_type == "expect_column_values_to_not_be_null":

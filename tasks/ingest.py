@@ -4,7 +4,7 @@ from prefect import get_run_logger, task
 
 from scribeline import stages, storage
 from scribeline.storage import ObjectRef
-from tasks.common import retry_unless_bad_media, settings
+from tasks.common import retry_unless_bad_media, settings, start
 
 
 @task(name="list-incoming", retries=3, retry_delay_seconds=5)
@@ -19,6 +19,6 @@ def list_incoming() -> list[ObjectRef]:
       retry_condition_fn=retry_unless_bad_media)
 def ingest(ref: ObjectRef) -> dict:
     """Downloads one object from the incoming bucket, hashes it and derives its run key (object store, local disk)."""
-    out = stages.ingest(settings(), ref)
+    out = stages.ingest(start(), ref)
     get_run_logger().info("%s: %d bytes, run key %s", ref.key, out["size"], out["run_key"])
     return out

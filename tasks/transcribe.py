@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from scribeline import stages
-from tasks.common import retry_unless_bad_media, run_key_cache, settings
+from tasks.common import retry_unless_bad_media, run_key_cache, settings, start
 
 
 def _retry_downloads(task, task_run, state) -> bool:
@@ -31,6 +31,6 @@ def load_model() -> str:
 def transcribe(run_key: str, segmented: dict, wave_size: int = 0) -> dict:
     """Runs whisper over the speech windows, batched with the other media of its wave in this worker
     (GPU when present, else CPU). ``wave_size``: how many media the flow submitted together (0: not known)."""
-    out = stages.transcribe(settings(), run_key, segmented, wave_size)
+    out = stages.transcribe(start(), run_key, segmented, wave_size)
     get_run_logger().info("%s: %d segment(s), language %s", run_key, len(out["segments"]), out["language"])
     return out

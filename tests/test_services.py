@@ -27,3 +27,44 @@ def test_the_ephemeral_api_runs_at_the_lowest_priority_beside_the_model():
             assert server.running and server.server_process is not None
             threads = niceness(server.server_process.pid)
     assert len(threads) > 1 and set(threads) == {19}  # every thread, not only the first
+
+
+def test_scribeline_run_starts_its_own_ephemeral_api_and_seeds_a_fresh_prefect_home(tmp_path):
+    # What `scribeline run` does with nothing started (scribeline.startup), in a process of its
+    # own: the API process is spawned before Prefect is imported, answers, is reniced once it
+    # answers, and a second fresh PREFECT_HOME starts from the cached, migrated, empty database.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import json, os, sys\n"
+        "from scribeline import services\n"
+        "from scribeline.config import Settings\n"
+        "api = services.start_ephemeral_api(Settings.from_env())\n"
+        "assert 'prefect' not in sys.modules\n"
+        "api.wait()\n"
+        "from prefect.settings import PREFECT_API_URL\n"
+        "with services.ephemeral_flow_runs():\n"
+        "    from prefect.settings import get_current_settings\n"
+        "    beats = get_current_settings().flows.heartbeat_frequency\n"
+        "tids = os.listdir(f'/proc/{api.process.pid}/task')\n"
+        "nice = [int(open(f'/proc/{api.process.pid}/task/{t}/stat').read().rsplit(')', 1)[1].split()[16]) for t in tids]\n"
+        "print(json.dumps({'url': PREFECT_API_URL.value(), 'api': api.api_url, 'seeded': api.seeded, 'nice': nice, 'beats': beats}))\n"
+    )
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for k in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_API_URL"):
+        env.pop(k, None)
+    runs = []
+    for i in range(2):
+        env["SCRIBELINE_DATA_DIR"] = str(tmp_path / f"data{i}")
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for r in runs:
+        assert r["url"] == r["api"] and r["beats"] is None
+        assert r["nice"] and set(r["nice"]) == {19}
+    assert [r["seeded"] for r in runs] == [False, True]  # the first migrated and saved the empty database
+    assert services.prefect_db_template().name.startswith("prefect-")
+    assert list((tmp_path / "cache" / "scribeline").glob("prefect-*-empty.db"))

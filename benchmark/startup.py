@@ -1,0 +1,101 @@
+"""Cold start-up benchmark: one short file through ``scribeline run`` with nothing started.
+
+    .venv/bin/python -m benchmark.startup [--repeat 5] [--file ../shared/media/en_jfk.flac]
+                                          [--no-template] [--tree DIR] [--json OUT]
+
+Each round runs ``python -m scribeline.cli run FILE`` in a fresh process with a fresh
+data directory (``SCRIBELINE_DATA_DIR`` in /tmp): no ``scribeline up``, so the command
+starts the embedded S3 server and Prefect's ephemeral API itself, loads the model and
+the engines, runs the flow and stops what it started. What stays warm between rounds
+is what a machine keeps: Python's bytecode caches, the OS file cache, and the empty
+migrated Prefect database kept in the user's cache directory (``--no-template`` gives
+every round an empty cache directory: the first run on a machine).
+
+Prints each round's wall time (from the start of the process to its exit), the CPU
+time of the command and everything it started (reaped children included: the S3
+server, Prefect's API, the Presidio analyzer), the machine's load average before the
+round, and the median; then the median start and end of each step of the command's
+timeline (``SCRIBELINE_STARTUP_TIMELINE``, seconds since the process started).
+``--tree DIR`` runs another checkout's ``scribeline`` with this one's environment (the
+version before a change: it writes no timeline, only wall and CPU times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILE = ROOT.parent / "shared" / "media" / "en_jfk.flac"
+
+
+def one_round(file: Path, tree: Path, no_template: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="scribeline-startup-") as tmp:
+        tmp = Path(tmp)
+        env = dict(os.environ, SCRIBELINE_DATA_DIR=str(tmp / "data"), SCRIBELINE_STARTUP_TIMELINE=str(tmp / "timeline.json"))
+        for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):
+            env.pop(k, None)  # the command keeps Prefect's state under its data directory
+        model = ROOT.parent / "shared" / "models" / "tiny.en.pt"
+        if model.exists():  # what the checkout's default finds (a --tree elsewhere would download it)
+            env.setdefault("SCRIBELINE_MODEL", str(model))
+        if no_template:
+            env["XDG_CACHE_HOME"] = str(tmp / "cache")
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "scribeline.cli", "run", str(file)], cwd=tree, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0 or "processed" not in out:
+            raise SystemExit(f"scribeline run failed (status {status}):\n{out[-3000:]}")
+        timeline = tmp / "timeline.json"
+        spans = json.loads(timeline.read_text())["spans"] if timeline.exists() else {}
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "load1": round(load, 2),
+            "spans": spans}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    p.add_argument("--no-template", action="store_true", help="no cached Prefect database: every round migrates")
+    p.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose scribeline runs (default: this one)")
+    p.add_argument("--json", type=Path, help="write the rounds here")
+    args = p.parse_args(argv)
+
+    rounds = []
+    for i in range(args.repeat):
+        r = one_round(args.file.resolve(), args.tree.resolve(), args.no_template)
+        rounds.append(r)
+        print(f"round {i + 1}: wall {r['wall_s']:6.2f} s   cpu {r['cpu_s']:6.2f} s   load before {r['load1']:.2f}", flush=True)
+    walls = [r["wall_s"] for r in rounds]
+    print(f"\nmedian wall {statistics.median(walls):.2f} s  [{min(walls):.2f}-{max(walls):.2f}], "
+          f"median cpu {statistics.median(r['cpu_s'] for r in rounds):.2f} s, {len(rounds)} rounds, "
+          f"{os.cpu_count()} cores, file {args.file.name}")
+    names = {n for r in rounds for n in r["spans"]}
+    if names:
+        print("\nstep (median over rounds, s since the process started)   start     end   took")
+        rows = []
+        for n in names:
+            starts = [r["spans"][n][0] for r in rounds if n in r["spans"]]
+            ends = [r["spans"][n][1] for r in rounds if n in r["spans"] and r["spans"][n][1] is not None]
+            s, e = statistics.median(starts), (statistics.median(ends) if ends else None)
+            rows.append((s, n, e))
+        for s, n, e in sorted(rows):
+            took = "" if e is None else f"{e - s:6.2f}"
+            print(f"  {n:52} {s:6.2f}  {'' if e is None else f'{e:6.2f}':>6}  {took}")
+    if args.json:
+        args.json.write_text(json.dumps({"file": str(args.file), "tree": str(args.tree), "no_template": args.no_template,
+                                         "rounds": rounds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -76,9 +76,21 @@ def test_transcripts_view_joins_segments_in_time_order(tmp_path):
     path = tmp_path / "w.duckdb"
     warehouse.load(path, *_rows())
     df = warehouse.query(path, "select * from transcripts")
-    assert list(df.columns) == ["media_id", "source_object", "language", "duration_s", "text"]
+    assert list(df.columns) == ["media_id", "source_object", "language", "duration_s", "needs_review", "text"]
     assert df.iloc[0]["text"] == "Hello <PERSON>. Good bye."
     assert df.iloc[0]["source_object"] == "s3://in/a/b.wav"
+
+
+def test_a_warehouse_made_before_the_review_columns_gets_them(tmp_path):
+    path = tmp_path / "old.duckdb"
+    old_schema = warehouse.SCHEMA.replace("    needs_review        BOOLEAN,", "").replace("    review_reasons      VARCHAR,", "")
+    con = duckdb.connect(str(path))
+    con.execute(old_schema.split("-- Warehouses made before")[0])
+    con.close()
+    row, tables = _rows()
+    assert warehouse.load(path, {**row, "needs_review": True, "review_reasons": "repeated_text"}, tables)
+    media = warehouse.query(path, "select needs_review, review_reasons from media").iloc[0]
+    assert media["needs_review"] and media["review_reasons"] == "repeated_text"
 
 
 def test_queries_cannot_write(tmp_path):

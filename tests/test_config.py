@@ -49,6 +49,8 @@ def test_run_key_follows_content_and_transcript_relevant_settings(tmp_path):
     assert base.run_key("cd" * 32) != base.run_key(sha)
 
 
-def test_narrowband_sources_get_beam_search(tmp_path):
+def test_narrowband_sources_get_their_own_beam_size(tmp_path):
     s = Settings.from_env({"SCRIBELINE_DATA_DIR": str(tmp_path)})
+    assert s.beam_for(8000) is None and s.beam_for(16000) is None  # greedy by default, as transcribe()
+    s = Settings.from_env({"SCRIBELINE_DATA_DIR": str(tmp_path), "SCRIBELINE_NARROWBAND_BEAM_SIZE": "5"})
     assert s.beam_for(8000) == 5 and s.beam_for(16000) is None and s.beam_for(None) is None

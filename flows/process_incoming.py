@@ -130,7 +130,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     get_run_logger().info("%s: %d media in %.2f s", "+".join(stages_), len(live), time.perf_counter() - started)
 
 
-@flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=16),
+@flow(name="scribeline-process-incoming", task_runner=ThreadPoolTaskRunner(max_workers=64),
       flow_run_name=lambda: f"incoming-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}", validate_parameters=True)
 def process_incoming(max_objects: int = 0) -> list[dict]:
     """Process every object waiting in the incoming bucket (``max_objects`` > 0 caps one run).

@@ -703,8 +703,7 @@ class Transcriber:
                 done += len(batch)
                 if progress:
                     progress(done, total)
-        for it in pending:  # every temperature tried: the last result stands (as in whisper)
-            self._settle(it, tracks[it.track], it.features, (None, 0))
+        # At the last temperature _decode_batch settles every window: its result stands (as in whisper).
         for track in tracks:
             if guards.unintelligible(track.unresolved, track.speech_windows) and not track.flagged("unintelligible"):
                 track.flag("unintelligible", f"{track.unresolved} of {track.speech_windows} speech windows failed "

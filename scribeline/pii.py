@@ -39,7 +39,7 @@ def analyzer():
     # The e-mail recognizer's tldextract would fetch the public suffix list otherwise.
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one line per unused-language recognizer
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer
+    from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
     provider = NlpEngineProvider(
@@ -49,12 +49,12 @@ def analyzer():
     # Presidio reads entities, tokens and lemmas, never the dependency parse: skipping the
     # parser gives the same findings ~20 % sooner (checked on the benchmark's 10-min transcript).
     engine.nlp_engine.nlp["en"].disable_pipe("parser")
-    # Speech recognition writes spoken numbers as bare digit runs ("215550199") that fail
-    # phone-number validation; in a conversation such a run is a phone or account number.
-    engine.registry.add_recognizer(PatternRecognizer(
-        supported_entity="PHONE_NUMBER", name="SpokenDigitsRecognizer", supported_language="en",
-        patterns=[Pattern("digit run", r"(?<![\w.])\+?\d(?:[\s.-]?\d){6,15}(?![\w])", 0.5)],
-    ))
+    # Speech recognition writes dictated numbers and e-mail addresses in pieces and words
+    # ("653-58. 736-7.", "maria dot patel at mailpost dot org"): see spoken_pii.
+    from scribeline.spoken_pii import SpokenNumberRecognizer, spoken_email_recognizer
+
+    engine.registry.add_recognizer(SpokenNumberRecognizer())
+    engine.registry.add_recognizer(spoken_email_recognizer())
     return engine
 
 
@@ -62,7 +62,13 @@ def analyze(text: str, entities: tuple[str, ...], threshold: float) -> list[Regi
     """Detected PII as non-overlapping character regions (overlaps merged, best score names them), in this process."""
     if not text.strip():
         return []
+    from scribeline.spoken_pii import plausible_name
+
     results = analyzer().analyze(text=text, language="en", entities=list(entities), score_threshold=threshold)
+    numbers = [r for r in results if (r.recognition_metadata or {}).get("recognizer_name") == "SpokenNumberRecognizer"]
+    results = [r for r in results if plausible_name(r.entity_type, text[r.start:r.end])
+               # digit groups of a dictated number are no IP address ("4.6.2.6")
+               and not (r.entity_type == "IP_ADDRESS" and any(n.start < r.end and r.start < n.end for n in numbers))]
     results = sorted(results, key=lambda r: (r.start, -r.score))
     regions: list[Region] = []
     for r in results:

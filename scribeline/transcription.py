@@ -21,7 +21,6 @@ as silent text. Word timestamps come from whisper's cross-attention alignment.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time

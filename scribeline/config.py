@@ -20,6 +20,24 @@ from pathlib import Path
 PIPELINE_VERSION = "2"  # 2: no packing, row-invariant int8 decoding, guards
 ENV_PREFIX = "SCRIBELINE_"
 
+# Validation checks whose failure marks a media ``needs_review`` (``validation.check_name``:
+# ``table.column:expectation_type``, a pair's columns joined by ``+``).
+DEFAULT_CRITICAL_EXPECTATIONS: tuple[str, ...] = (
+    "segments.text:expect_column_values_to_not_be_null",
+    "segments.text:expect_column_value_lengths_to_be_between",
+    "segments.start_s:expect_column_values_to_be_between",
+    "segments.start_s:expect_column_pair_values_a_to_be_greater_than_b",  # inside the media; in order
+    "segments.end_s:expect_column_values_to_be_between",
+    "segments.end_s:expect_column_pair_values_a_to_be_greater_than_b",
+    "segments.end_s+start_s:expect_column_pair_values_a_to_be_greater_than_b",
+    "segments.repeated_phrase:expect_column_values_to_be_in_set",
+    "segments.word_rate:expect_column_values_to_be_between",
+    "segments.guard_flags:expect_column_values_to_be_null",
+    "words.start_s:expect_column_values_to_be_between",
+    "words.start_s:expect_column_pair_values_a_to_be_greater_than_b",
+    "words.end_s+start_s:expect_column_pair_values_a_to_be_greater_than_b",
+)
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".scribeline"
@@ -91,6 +109,8 @@ class Settings:
         "IP_ADDRESS",
     )
     pii_score_threshold: float = 0.4
+    # Validation: the checks whose failure marks a media needs_review (names or expectation types/classes).
+    critical_expectations: tuple[str, ...] = DEFAULT_CRITICAL_EXPECTATIONS
     # Orchestration.
     max_attempts: int = 3
 
@@ -176,6 +196,7 @@ class Settings:
             "max_window_s": self.max_window_s,
             "pii_entities": sorted(self.pii_entities),
             "pii_score_threshold": self.pii_score_threshold,
+            "critical_expectations": sorted(self.critical_expectations),
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

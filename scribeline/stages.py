@@ -232,14 +232,15 @@ _validations = Coalescer(validation.validate_many, quiet_s=0.05, max_wait_s=0.5)
 
 def validate(settings: Settings, transcript: dict, duration_s: float, wave_size: int = 0) -> dict:
     """The transcript's quality checks; ``wave_size`` media validate together (their round
-    starts once all have called, not after a quiet moment)."""
+    starts once all have called, not after a quiet moment).
+
+    A failing critical check (``settings.critical_expectations``) is a verdict, not a
+    quarantine: the media is loaded with ``needs_review``, the check's name among its
+    ``review_reasons`` (``review``)."""
     report = _validations((Transcript.from_dict(transcript), duration_s), expected=wave_size)
+    report = report.classified(settings.critical_expectations)
     checks = [c.__dict__ for c in report.checks]
-    if not report.passed:
-        failed = "; ".join(f"{c.table}.{c.column}: {c.expectation} ({c.unexpected_count} of {c.element_count})"
-                           for c in report.failures())
-        raise StageError("validate", f"critical quality checks failed: {failed}")
-    return {"checks": checks, "quality_ok": report.quality_ok}
+    return {"checks": checks, "quality_ok": report.quality_ok, "review": report.review_reasons}
 
 
 # ------------------------------------------------------------------- redact
@@ -274,14 +275,17 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
     ])
     flags = pd.DataFrame([dict(media_id=media_id, flag_index=k, flag=f.name, window_index=f.window_index,
                                start_s=f.start, end_s=f.end, reason=f.reason) for k, f in enumerate(t.flags)])
+    # The guards' flags, then the failing critical checks (a validate result cached before they
+    # were listed has none).
+    reasons = list(dict.fromkeys([f.name for f in t.flags] + list(checks.get("review", []))))
     row = dict(
         media_id=media_id, source_bucket=ingested["bucket"], source_key=ingested["key"], source_etag=ingested["etag"],
         size_bytes=ingested["size"], sha256=ingested["sha256"], container=info["container"], codec=info["codec"],
         sample_rate=info["sample_rate"], channels=info["channels"], bit_rate=info["bit_rate"],
         duration_s=round(segmented["duration_s"], 3), language=t.language, language_probability=t.language_probability,
         model=Path(settings.model).name, task=settings.task, segment_count=len(t.segments), word_count=len(words),
-        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"], needs_review=t.needs_review,
-        review_reasons=",".join(dict.fromkeys(f.name for f in t.flags)) or None,
+        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"], needs_review=bool(reasons),
+        review_reasons=",".join(reasons) or None,
         gain_db=segmented["tracks"][0]["gain_db"], processing_s=round(processing_s, 3),
         processed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), pipeline_version=PIPELINE_VERSION,
     )

@@ -1,14 +1,18 @@
 """Great Expectations suites over a transcript's segments and words.
 
-Two severities: ``critical`` expectations guard the structure analysts rely on
-(timestamps ordered and inside the media, text present); a failure quarantines
-the media. ``warning`` expectations watch quality signals (log-probability,
-no-speech probability, compression ratio); they are stored and flagged on the
-``media`` row, but do not stop the load. Every expectation's result is returned.
+Two severities, chosen by configuration (``Settings.critical_expectations``, names as
+:func:`check_name` writes them, or expectation types). By default ``critical`` are the
+structure analysts rely on (timestamps ordered and inside the media, text present) and
+the transcription guards' findings (no phrase repeated within a window, no impossible
+word rate, no guard flag); a failure is a verdict, not a quarantine: the media is loaded
+with ``needs_review`` and the failing checks among its ``review_reasons``. ``warning``
+expectations watch quality signals (log-probability, no-speech probability, compression
+ratio); they set ``quality_ok = false``. Every expectation's result is returned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +22,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from scribeline import guards
+from scribeline.config import DEFAULT_CRITICAL_EXPECTATIONS
 from scribeline.transcription import Transcript
 
 _lock = threading.Lock()
@@ -35,9 +41,30 @@ class CheckResult:
     details: str  # JSON of the expectation's kwargs and observed value
 
 
+def check_name(c: CheckResult) -> str:
+    """``table.column:expectation_type``, the name configuration and ``review_reasons`` use
+    (a pair's columns joined by ``+``: names are listed comma-separated)."""
+    return f"{c.table}.{c.column.replace(',', '+')}:{c.expectation}"
+
+
+def _class_name(expectation_type: str) -> str:
+    return "".join(part.capitalize() for part in expectation_type.split("_"))
+
+
+def is_critical(c: CheckResult, critical: Sequence[str]) -> bool:
+    """Whether ``critical`` names the check: by :func:`check_name`, by expectation type
+    (``expect_column_values_to_be_null``) or by class (``ExpectColumnValuesToBeNull``)."""
+    return bool({check_name(c), c.expectation, _class_name(c.expectation)} & set(critical))
+
+
 @dataclass
 class ValidationReport:
     checks: list[CheckResult]
+
+    def classified(self, critical: Sequence[str]) -> "ValidationReport":
+        """The same results, with severities from another list of critical expectations."""
+        return ValidationReport([dataclasses.replace(c, severity="critical" if is_critical(c, critical) else "warning")
+                                 for c in self.checks])
 
     @property
     def passed(self) -> bool:
@@ -50,6 +77,11 @@ class ValidationReport:
     def failures(self, severity: str = "critical") -> list[CheckResult]:
         return [c for c in self.checks if not c.success and c.severity == severity]
 
+    @property
+    def review_reasons(self) -> list[str]:
+        """The failing critical checks' names (each once)."""
+        return list(dict.fromkeys(check_name(c) for c in self.failures()))
+
 
 def frames(transcripts: Sequence[tuple[Transcript, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Segment and word rows of several transcripts, keyed by ``item`` (their position).
@@ -57,54 +89,100 @@ def frames(transcripts: Sequence[tuple[Transcript, float]]) -> tuple[pd.DataFram
     Per-media facts become columns so one expectation serves every media at once:
     ``media_end_s`` (the media's duration, plus 50 ms because word alignment rounds
     to 20-ms frames) and ``prev_start_s`` (the previous segment's start in the same media).
+    The guards' view, per decoded window (a segment's channel and window index), on each
+    of its segments: ``repeated_phrase`` (``guards.repeated_phrase`` finds one in the
+    window's text), ``word_rate`` (the window's words per second from its first segment's
+    start to its last one's end; null under ``guards.WORD_RATE_MIN_WORDS`` words) and
+    ``guard_flags`` (the names of the transcript's flags on that window or on the whole
+    transcript, comma-separated; null when none).
     """
     seg_rows, word_rows = [], []
     for item, (transcript, duration_s) in enumerate(transcripts):
         end = duration_s + 0.05
         prev = None
+        windows = _windows(transcript)
         for i, s in enumerate(transcript.segments):
             seg_rows.append(dict(item=item, segment_index=i, start_s=s.start, end_s=s.end, text=s.text,
                                  avg_logprob=s.avg_logprob, no_speech_prob=s.no_speech_prob,
                                  compression_ratio=s.compression_ratio, channel=-1 if s.channel is None else s.channel,
-                                 media_end_s=end, prev_start_s=prev))
+                                 media_end_s=end, prev_start_s=prev, **windows[(s.channel, s.window_index)],
+                                 guard_flags=_flags_on(transcript, s)))
             prev = s.start
             for w in s.words:
                 word_rows.append(dict(item=item, segment_index=i, start_s=w.start, end_s=w.end, word=w.word,
                                       probability=w.probability, media_end_s=end))
     seg_cols = ["item", "segment_index", "start_s", "end_s", "text", "avg_logprob", "no_speech_prob",
-                "compression_ratio", "channel", "media_end_s", "prev_start_s"]
+                "compression_ratio", "channel", "media_end_s", "prev_start_s", "repeated_phrase", "word_rate", "guard_flags"]
     word_cols = ["item", "segment_index", "start_s", "end_s", "word", "probability", "media_end_s"]
     segments = pd.DataFrame(seg_rows, columns=seg_cols)
     segments["prev_start_s"] = segments["prev_start_s"].astype("float64")
+    segments["word_rate"] = segments["word_rate"].astype("float64")
+    segments["repeated_phrase"] = segments["repeated_phrase"].astype("bool")
+    segments["guard_flags"] = segments["guard_flags"].astype("object")
     return segments, pd.DataFrame(word_rows, columns=word_cols)
 
 
+def _windows(transcript: Transcript) -> dict[tuple, dict]:
+    """Per (channel, window index): whether a phrase repeats in its text, and its word rate."""
+    texts: dict[tuple, list[str]] = {}
+    spans: dict[tuple, list[float]] = {}
+    for s in transcript.segments:
+        key = (s.channel, s.window_index)
+        texts.setdefault(key, []).append(s.text)
+        span = spans.setdefault(key, [s.start, s.end])
+        span[0], span[1] = min(span[0], s.start), max(span[1], s.end)
+    out = {}
+    for key, parts in texts.items():
+        text = " ".join(parts)
+        words = len(guards.words_of(text))
+        seconds = spans[key][1] - spans[key][0]
+        rate = None
+        if words >= guards.WORD_RATE_MIN_WORDS:
+            rate = round(words / seconds, 3) if seconds > 0 else float("inf")
+        out[key] = dict(repeated_phrase=guards.repeated_phrase(text) is not None, word_rate=rate)
+    return out
+
+
+def _flags_on(transcript: Transcript, s) -> str | None:
+    """The names of the transcript's flags that cover segment ``s`` (its window, or all of it)."""
+    names = [f.name for f in transcript.flags
+             if f.window_index is None or (f.window_index == s.window_index and (
+                 f.start is None or f.end is None or (f.start <= s.end and s.start <= f.end)))]
+    return ",".join(dict.fromkeys(names)) or None
+
+
 def _suites():
-    """(severity, column reported to analysts, expectation) per table."""
+    """(column reported to analysts, expectation) per table. Which are critical is configuration:
+    ``config.DEFAULT_CRITICAL_EXPECTATIONS`` by default (see :func:`validate_many`)."""
     import great_expectations as gx
 
     E = gx.expectations
     inside_media = dict(column_A="media_end_s", or_equal=True)
     segments = [
-        ("critical", "text", E.ExpectColumnValuesToNotBeNull(column="text")),
-        ("critical", "text", E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)),
-        ("critical", "start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
-        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
-        ("critical", "end_s", E.ExpectColumnValuesToBeBetween(column="end_s", min_value=0)),
-        ("critical", "end_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="end_s", **inside_media)),
-        ("critical", "end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
+        ("text", E.ExpectColumnValuesToNotBeNull(column="text")),
+        ("text", E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1)),
+        ("start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
+        ("start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
+        ("end_s", E.ExpectColumnValuesToBeBetween(column="end_s", min_value=0)),
+        ("end_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="end_s", **inside_media)),
+        ("end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
         # Ordered within each media (the first segment has no predecessor).
-        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(
+        ("start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="start_s", column_B="prev_start_s", or_equal=True, ignore_row_if="either_value_is_missing")),
-        ("warning", "avg_logprob", E.ExpectColumnValuesToBeBetween(column="avg_logprob", min_value=-1.0, max_value=0.0, mostly=0.9)),
-        ("warning", "no_speech_prob", E.ExpectColumnValuesToBeBetween(column="no_speech_prob", min_value=0.0, max_value=1.0)),
-        ("warning", "compression_ratio", E.ExpectColumnValuesToBeBetween(column="compression_ratio", min_value=0.0, max_value=2.4, mostly=0.9)),
+        # The transcription guards' findings (see ``guards`` and :func:`frames`).
+        ("repeated_phrase", E.ExpectColumnValuesToBeInSet(column="repeated_phrase", value_set=[False])),
+        ("word_rate", E.ExpectColumnValuesToBeBetween(column="word_rate", min_value=0,
+                                                                   max_value=guards.MAX_WORDS_PER_S)),
+        ("guard_flags", E.ExpectColumnValuesToBeNull(column="guard_flags")),
+        ("avg_logprob", E.ExpectColumnValuesToBeBetween(column="avg_logprob", min_value=-1.0, max_value=0.0, mostly=0.9)),
+        ("no_speech_prob", E.ExpectColumnValuesToBeBetween(column="no_speech_prob", min_value=0.0, max_value=1.0)),
+        ("compression_ratio", E.ExpectColumnValuesToBeBetween(column="compression_ratio", min_value=0.0, max_value=2.4, mostly=0.9)),
     ]
     words = [
-        ("critical", "start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
-        ("critical", "start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
-        ("critical", "end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
-        ("warning", "probability", E.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0)),
+        ("start_s", E.ExpectColumnValuesToBeBetween(column="start_s", min_value=0)),
+        ("start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_B="start_s", **inside_media)),
+        ("end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
+        ("probability", E.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0)),
     ]
     return {"segments": segments, "words": words}
 
@@ -133,7 +211,7 @@ def warm_up() -> None:
 
 def _missing(df: pd.DataFrame, expectation_type: str, kwargs: dict) -> pd.Series:
     """Rows an expectation skips as missing, as GE counts them (for not-null, nulls are the failures)."""
-    if expectation_type == "expect_column_values_to_not_be_null":
+    if expectation_type in ("expect_column_values_to_not_be_null", "expect_column_values_to_be_null"):
         return pd.Series(False, index=df.index)
     if "column" in kwargs:
         return df[kwargs["column"]].isna()
@@ -141,17 +219,20 @@ def _missing(df: pd.DataFrame, expectation_type: str, kwargs: dict) -> pd.Series
     return (a | b) if kwargs.get("ignore_row_if") == "either_value_is_missing" else (a & b)
 
 
-def validate(transcript: Transcript, duration_s: float) -> ValidationReport:
-    return validate_many([(transcript, duration_s)])[0]
+def validate(transcript: Transcript, duration_s: float,
+             critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS) -> ValidationReport:
+    return validate_many([(transcript, duration_s)], critical)[0]
 
 
-def validate_many(transcripts: Sequence[tuple[Transcript, float]]) -> list[ValidationReport]:
+def validate_many(transcripts: Sequence[tuple[Transcript, float]],
+                  critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS) -> list[ValidationReport]:
     """Validate several (transcript, media duration) pairs with one Great Expectations run per table.
 
     A run costs about the same for one media's rows as for many, so the flow's
     concurrent validate tasks are served together (see ``batching.Coalescer``).
     Each media gets its own report: counts and success are computed from the
-    unexpected rows that belong to it, with each expectation's ``mostly``.
+    unexpected rows that belong to it, with each expectation's ``mostly``. A check is
+    ``critical`` when ``critical`` names it (:func:`is_critical`), else ``warning``.
     """
     import great_expectations as gx
 
@@ -162,8 +243,8 @@ def validate_many(transcripts: Sequence[tuple[Transcript, float]]) -> list[Valid
         for table, expectations in _suites().items():
             df = dfs[table]
             suite = gx.ExpectationSuite(name=f"{table}-{threading.get_ident()}")
-            for sev, column, expectation in expectations:
-                expectation.meta = {"severity": sev, "column": column}  # results come back in another order
+            for column, expectation in expectations:
+                expectation.meta = {"column": column}  # results come back in another order
                 suite.add_expectation(expectation)
             batch = batch_defs[table].get_batch(batch_parameters={"dataframe": df})
             result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
@@ -186,8 +267,8 @@ def validate_many(transcripts: Sequence[tuple[Transcript, float]]) -> list[Valid
                         evaluated == 0 or (evaluated - unexpected) / evaluated >= mostly)
                     checks[item].append(CheckResult(
                         table=table, expectation=cfg.type, column=meta.get("column", kwargs.get("column", "")),
-                        severity=meta.get("severity", "critical"), success=success, element_count=element_count,
+                        severity="warning", success=success, element_count=element_count,
                         unexpected_count=unexpected,
                         details=json.dumps({"kwargs": kwargs, "evaluated": evaluated}, default=str),
                     ))
-    return [ValidationReport(c) for c in checks]
+    return [ValidationReport(c).classified(critical) for c in checks]

@@ -41,8 +41,8 @@ CREATE TABLE IF NOT EXISTS media (
     pii_count           INTEGER,
     no_speech           BOOLEAN,   -- no speech found anywhere in the file
     quality_ok          BOOLEAN,   -- every quality check passed (warnings included)
-    needs_review        BOOLEAN,   -- a transcription guard flagged it (see transcript_flags)
-    review_reasons      VARCHAR,   -- the guards' flag names, comma-separated
+    needs_review        BOOLEAN,   -- a transcription guard flagged it (see transcript_flags) or a critical quality check failed
+    review_reasons      VARCHAR,   -- the guards' flag names, then the failing critical checks (table.column:expectation), comma-separated
     gain_db             DOUBLE,    -- gain applied before VAD
     processing_s        DOUBLE,
     processed_at        TIMESTAMP,

@@ -133,3 +133,20 @@ def speak(text: str, path: Path, speed: int = 150) -> Path:
 
 def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def load_verdict(settings, transcript, duration_s: float, path: Path, media_id: str = "m"):
+    """A transcript through validate, the warehouse rows and a load into the DuckDB file ``path``:
+    its ``media`` row and its ``quality_checks`` rows."""
+    from scribeline import stages, warehouse
+
+    checks = stages.validate(settings, transcript.as_dict(), duration_s)
+    ingested = dict(run_key=media_id, bucket="incoming", key=f"{media_id}.wav", etag="e", size=1, sha256="0" * 64)
+    segmented = dict(info=dict(container="wav", codec="pcm_s16le", sample_rate=16000, channels=1, bit_rate=256000),
+                     duration_s=duration_s, tracks=[dict(gain_db=0.0)])
+    row, tables = stages.warehouse_rows(settings, ingested, segmented, dict(transcript=transcript.as_dict(), entities=[]),
+                                        checks, 1.0)
+    assert warehouse.load(path, row, tables)
+    media = warehouse.query(path, f"select * from media where media_id = '{media_id}'").iloc[0]
+    quality = warehouse.query(path, f"select * from quality_checks where media_id = '{media_id}' order by check_index")
+    return media, quality

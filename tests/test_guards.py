@@ -2,6 +2,8 @@
 
 import pytest
 
+from conftest import load_verdict
+
 from scribeline import guards, local, stages, warehouse
 
 
@@ -63,3 +65,15 @@ def test_flags_reach_the_warehouse_with_the_media(french_on_english_model, setti
     words = [w.word.strip(" ,.?!").lower() for s in t.segments for w in s.words]
     phrases = {" ".join(words[i : i + 3]) for i in range(len(words) - 2)}
     assert not any(p in reason.lower() for reason in flags["reason"] for p in phrases)
+
+
+def test_french_on_tiny_en_is_loaded_for_review_with_the_failing_expectations(french_on_english_model, settings,
+                                                                            tmp_path):
+    r = french_on_english_model
+    media, quality = load_verdict(settings, r.transcript, r.audio.duration_s, tmp_path / "warehouse.duckdb", "fr")
+    assert media["needs_review"] and not media["quality_ok"]
+    reasons = media["review_reasons"].split(",")
+    assert "unintelligible" in reasons and "segments.guard_flags:expect_column_values_to_be_null" in reasons
+    failed = quality[~quality["success"] & (quality["severity"] == "critical")]
+    assert set(reasons) - {f.name for f in r.transcript.flags} == {
+        f"{t}.{c.replace(',', '+')}:{e}" for t, c, e in zip(failed["table_name"], failed["column_name"], failed["expectation"])}

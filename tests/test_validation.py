@@ -1,7 +1,11 @@
 from dataclasses import replace
 
-from scribeline.transcription import Segment, Transcript, Word
-from scribeline.validation import validate, validate_many
+from conftest import load_verdict
+
+from scribeline import stages
+from scribeline.config import DEFAULT_CRITICAL_EXPECTATIONS, Settings
+from scribeline.transcription import Flag, Segment, Transcript, Word
+from scribeline.validation import check_name, validate, validate_many
 
 
 def _t(*segs):
@@ -59,3 +63,78 @@ def test_media_validated_together_get_their_own_verdicts():
     singles = [validate(t, d) for t, d in [(sound, 3.0), (past_end, 3.0), (past_end, 10.0), (unordered, 3.0), (unsure, 5.0), (_t(), 1.0)]]
     assert [[(c.column, c.success, c.unexpected_count) for c in r.checks] for r in reports] == \
            [[(c.column, c.success, c.unexpected_count) for c in r.checks] for r in singles]
+
+
+# --------------------------------------------------------------- the guards' expectations; verdicts
+REPEATED = "The birch canoe slid on the smooth planks, the birch canoe slid on the smooth planks."
+
+
+def test_the_guards_findings_are_expectations_too():
+    fine = validate(_t(_seg(0.0, 1.0), _seg(1.5, 2.5)), duration_s=3.0)
+    names = {check_name(c) for c in fine.checks}
+    assert {"segments.repeated_phrase:expect_column_values_to_be_in_set",
+            "segments.word_rate:expect_column_values_to_be_between",
+            "segments.guard_flags:expect_column_values_to_be_null"} <= names
+    repeated = validate(_t(_seg(0.0, 1.0), _seg(1.0, 6.0, text=REPEATED)), duration_s=7.0)
+    assert not repeated.passed
+    assert repeated.review_reasons == ["segments.repeated_phrase:expect_column_values_to_be_in_set"]
+    # The window's text, not each sentence: a repeat split in two segments of one window is found.
+    half = REPEATED.split(", ")[0] + "."
+    assert not validate(_t(_seg(0.0, 3.0, text=half), _seg(3.0, 6.0, text=half)), duration_s=7.0).passed
+    assert validate(_t(_seg(0.0, 3.0, text=half), replace(_seg(3.0, 6.0, text=half), window_index=1)), duration_s=7.0).passed
+    # 20 words in 2 s of one window: more than could be said.
+    fast = validate(_t(_seg(0.0, 2.0, text=" ".join(f"word{i}" for i in range(20)))), duration_s=3.0)
+    assert [check_name(c) for c in fast.failures()] == ["segments.word_rate:expect_column_values_to_be_between"]
+    # A guard flag on a window (or on the whole transcript) fails the flags' check on its segments.
+    flagged = _t(_seg(0.0, 1.0), replace(_seg(1.5, 2.5), window_index=1))
+    flagged.flags = [Flag("looping", "looped", window_index=1, start=1.5, end=2.5)]
+    check = next(c for c in validate(flagged, 3.0).checks if c.column == "guard_flags")
+    assert (check.severity, check.success, check.element_count, check.unexpected_count) == ("critical", False, 2, 1)
+    flagged.flags = [Flag("unintelligible", "most windows fail")]
+    check = next(c for c in validate(flagged, 3.0).checks if c.column == "guard_flags")
+    assert check.unexpected_count == 2
+
+
+def test_which_expectations_are_critical_is_configuration():
+    settings = Settings.from_env({"SCRIBELINE_CRITICAL_EXPECTATIONS":
+                                  "ExpectColumnValuesToBeNull, segments.end_s:expect_column_pair_values_a_to_be_greater_than_b"})
+    assert settings.critical_expectations == (
+        "ExpectColumnValuesToBeNull", "segments.end_s:expect_column_pair_values_a_to_be_greater_than_b")
+    assert Settings().critical_expectations == DEFAULT_CRITICAL_EXPECTATIONS
+    assert settings.fingerprint() != Settings().fingerprint()
+    report = validate(_t(_seg(0.0, 5.0, text=REPEATED)), 6.0, critical=settings.critical_expectations)
+    assert report.passed  # the repeat is only a warning here...
+    assert [c.column for c in report.failures("warning")] == ["repeated_phrase"]
+    critical = {check_name(c) for c in report.checks if c.severity == "critical"}
+    assert critical == {"segments.guard_flags:expect_column_values_to_be_null",
+                        "segments.end_s:expect_column_pair_values_a_to_be_greater_than_b"}
+    # ...and under the defaults, every check the suite had as critical still is, with the guards' ones.
+    default = validate(_t(_seg(0.0, 1.0)), 3.0)
+    assert {check_name(c) for c in default.checks if c.severity == "critical"} == set(DEFAULT_CRITICAL_EXPECTATIONS)
+
+
+def test_a_critical_failure_is_loaded_for_review_not_quarantined(settings, tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    media, quality = load_verdict(settings, _t(_seg(0.0, 1.0), _seg(2.0, 9.0)), 3.0, path, "past-end")
+    assert media["needs_review"] and not media["quality_ok"]
+    assert media["review_reasons"] == "segments.end_s:expect_column_pair_values_a_to_be_greater_than_b"
+    failed = quality[~quality["success"]]
+    assert set(failed["column_name"]) == {"end_s"} and set(failed["severity"]) == {"critical"}
+    # A sound transcript, and one with nothing said, are neither.
+    for media_id, t in (("sound", _t(_seg(0.0, 1.0), _seg(1.5, 2.5))), ("silent", _t())):
+        media, quality = load_verdict(settings, t, 3.0, path, media_id)
+        assert not media["needs_review"] and media["review_reasons"] is None and media["quality_ok"]
+        assert quality["success"].all() and len(quality) == len(stages.validate(settings, t.as_dict(), 3.0)["checks"])
+
+
+def test_a_repeated_sentence_ends_as_needs_review_with_the_failing_expectations(settings, tmp_path):
+    t = _t(_seg(0.0, 1.0), _seg(1.0, 6.0, text=REPEATED))
+    t.flags = [Flag("repeated_text", "a phrase of 5+ words said 2 times in one window", window_index=0, start=0.0, end=6.0)]
+    media, quality = load_verdict(settings, t, 7.0, tmp_path / "warehouse.duckdb")
+    assert media["needs_review"] and not media["quality_ok"]
+    assert media["review_reasons"].split(",") == [
+        "repeated_text", "segments.repeated_phrase:expect_column_values_to_be_in_set",
+        "segments.guard_flags:expect_column_values_to_be_null"]
+    failed = quality[~quality["success"]].set_index("column_name")
+    assert set(failed.index) == {"repeated_phrase", "guard_flags"}
+    assert failed.loc["repeated_phrase", "unexpected_count"] == 2  # both segments of the window

@@ -150,3 +150,17 @@ def load_verdict(settings, transcript, duration_s: float, path: Path, media_id: 
     media = warehouse.query(path, f"select * from media where media_id = '{media_id}'").iloc[0]
     quality = warehouse.query(path, f"select * from quality_checks where media_id = '{media_id}' order by check_index")
     return media, quality
+
+
+def transcript_of(*sentences: str):
+    """A transcript of these sentences, one segment each, its words 0.4 s apart (redaction tests)."""
+    from scribeline.transcription import Segment, Transcript, Word
+
+    segments, t = [], 0.0
+    for text in sentences:
+        words = []
+        for token in text.split(" "):
+            words.append(Word(round(t, 2), round(t + 0.3, 2), " " + token, 0.9))
+            t += 0.4
+        segments.append(Segment(words[0].start, words[-1].end, text, 0, -0.2, 0.01, 1.3, 0.0, words))
+    return Transcript("en", 1.0, segments)

@@ -1,27 +1,17 @@
 """PII never survives redaction, in segment text or in words; entities keep type, time and score only."""
 
 from scribeline.redaction import redact
-from scribeline.transcription import Segment, Transcript, Word
+from scribeline.transcription import Segment, Transcript
+from tests.conftest import transcript_of
 
 ENTITIES = ("PERSON", "PHONE_NUMBER", "EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN", "LOCATION")
-
-
-def _transcript(*sentences: str) -> Transcript:
-    segments, t = [], 0.0
-    for text in sentences:
-        words = []
-        for token in text.split(" "):
-            words.append(Word(round(t, 2), round(t + 0.3, 2), " " + token, 0.9))
-            t += 0.4
-        segments.append(Segment(words[0].start, words[-1].end, text, 0, -0.2, 0.01, 1.3, 0.0, words))
-    return Transcript("en", 1.0, segments)
 
 
 SECRETS = ["John", "Smith", "Seattle", "212-555-0199", "john.smith@example.com", "4111", "536-90-4399"]
 
 
 def test_each_required_entity_type_is_redacted_everywhere():
-    t = _transcript(
+    t = transcript_of(
         "Hello, my name is John Smith and I live in Seattle.",
         "Call me at 212-555-0199 or write to john.smith@example.com today.",
         "My card number is 4111 1111 1111 1111 and my social security number is 536-90-4399.",
@@ -37,7 +27,7 @@ def test_each_required_entity_type_is_redacted_everywhere():
 
 
 def test_entity_spans_are_the_times_of_the_redacted_words():
-    t = _transcript("Please ask Maria Gonzalez to call back.")
+    t = transcript_of("Please ask Maria Gonzalez to call back.")
     out = redact(t, ENTITIES)
     person = next(e for e in out.entities if e.entity_type == "PERSON")
     words = t.segments[0].words
@@ -46,7 +36,7 @@ def test_entity_spans_are_the_times_of_the_redacted_words():
 
 
 def test_text_without_pii_is_untouched():
-    t = _transcript("The birch canoe slid on the smooth planks.")
+    t = transcript_of("The birch canoe slid on the smooth planks.")
     out = redact(t, ENTITIES)
     assert out.entities == []
     assert out.transcript.segments[0].text == "The birch canoe slid on the smooth planks."
@@ -60,7 +50,7 @@ def test_segments_without_words_are_redacted_by_whole_words():
 
 def test_spoken_digit_runs_that_fail_phone_validation_are_still_redacted():
     # whisper wrote "212 555 0199", spoken by espeak-ng, as "215550199"
-    out = redact(_transcript("my phone number is 215550199 thanks", "the year 2024 was fine"), ENTITIES)
+    out = redact(transcript_of("my phone number is 215550199 thanks", "the year 2024 was fine"), ENTITIES)
     assert out.transcript.segments[0].text == "my phone number is <PHONE_NUMBER> thanks"
     assert out.transcript.segments[1].text == "the year 2024 was fine"
 
@@ -73,7 +63,7 @@ def test_redaction_goes_on_when_the_analyzer_process_dies():
 
     from scribeline import pii
 
-    t = _transcript("Hello, my name is John Smith and I live in Seattle.")
+    t = transcript_of("Hello, my name is John Smith and I live in Seattle.")
     before = redact(t, ENTITIES)
     first = pii.analyzer_pid()
     assert first != os.getpid()

@@ -14,12 +14,12 @@ import re
 
 import pytest
 
-from conftest import MEDIA, ROOT, speak
+from tests.conftest import MEDIA, ROOT, speak, transcript_of
 from scribeline import local
 from scribeline.config import Settings
 from scribeline.redaction import redact
 from scribeline.spoken_pii import DIGIT_WORDS
-from scribeline.transcription import Segment, Transcript, Word
+from scribeline.transcription import Transcript
 
 ENTITIES = Settings().pii_entities
 
@@ -58,17 +58,6 @@ SPOKEN = [
 ]
 
 
-def transcript(*sentences: str) -> Transcript:
-    segments, t = [], 0.0
-    for text in sentences:
-        words = []
-        for token in text.split(" "):
-            words.append(Word(round(t, 2), round(t + 0.3, 2), " " + token, 0.9))
-            t += 0.4
-        segments.append(Segment(words[0].start, words[-1].end, text, 0, -0.2, 0.01, 1.3, 0.0, words))
-    return Transcript("en", 1.0, segments)
-
-
 def warehouse_texts(t: Transcript) -> list[str]:
     """Every text field the load stage writes: segment texts and words."""
     return [s.text for s in t.segments] + [w.word for s in t.segments for w in s.words]
@@ -90,7 +79,7 @@ def leaks(t: Transcript, secret) -> list[str]:
 
 @pytest.mark.parametrize("segments,secret", WRITTEN, ids=[" ".join(s)[:40] for s, _ in WRITTEN])
 def test_written_forms_of_spoken_pii_are_redacted(segments, secret):
-    before = transcript(*segments)
+    before = transcript_of(*segments)
     assert leaks(before, secret), "the case plants nothing"
     out = redact(before, ENTITIES)
     assert leaks(out.transcript, secret) == [], [s.text for s in out.transcript.segments]
@@ -102,14 +91,14 @@ def test_written_forms_of_spoken_pii_are_redacted(segments, secret):
 
 
 def test_numbers_and_names_that_are_no_personal_data_stay():
-    out = redact(transcript("the year 2024 was fine and 1,500,000 people came", "canoe", "They went to the north by canoe."),
+    out = redact(transcript_of("the year 2024 was fine and 1,500,000 people came", "canoe", "They went to the north by canoe."),
                  ENTITIES)
     assert [s.text for s in out.transcript.segments] == [
         "the year 2024 was fine and 1,500,000 people came", "canoe", "They went to the north by canoe."]
 
 
 def test_a_real_ip_address_is_still_one():
-    out = redact(transcript("the server is at 192.168.10.20 today"), ENTITIES)
+    out = redact(transcript_of("the server is at 192.168.10.20 today"), ENTITIES)
     assert out.transcript.segments[0].text == "the server is at <IP_ADDRESS> today"
 
 
@@ -129,7 +118,7 @@ def reference_texts() -> list[str]:
 def redacted_share(texts: list[str]) -> tuple[int, int]:
     redacted = total = 0
     for text in texts:
-        words = [w.word.strip() for s in redact(transcript(text), ENTITIES).transcript.segments for w in s.words]
+        words = [w.word.strip() for s in redact(transcript_of(text), ENTITIES).transcript.segments for w in s.words]
         total += len(words)
         redacted += sum(w.startswith("<") and w.endswith(">") for w in words)
     return redacted, total

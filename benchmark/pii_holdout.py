@@ -73,14 +73,14 @@ def main() -> None:
     import test_spoken_pii as tuned
 
     for name, written in (("tuned", tuned.WRITTEN), ("holdout", HOLDOUT_WRITTEN)):
-        caught, present = recall(written, [tuned.transcript(*segs) for segs, _ in written])
+        caught, present = recall(written, [tuned.transcript_of(*segs) for segs, _ in written])
         print(f"{name} written: {caught}/{present} planted values redacted")
     if args.speech:
         os.environ.setdefault("SCRIBELINE_DEVICE", "cpu")
         models = ROOT.parent / "shared" / "models" / "tiny.en.pt"
         if models.exists():
             os.environ.setdefault("SCRIBELINE_MODEL", str(models))
-        from conftest import speak
+        from tests.conftest import speak
         from scribeline import local
         from scribeline.config import Settings
 

@@ -1,7 +1,7 @@
 """Create the work pools and register the deployments in prefect.yaml against the current Prefect API.
 
-Usage: PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/deploy.py [--pool scribeline-cpu]
-Then run a worker: prefect worker start --pool scribeline-cpu
+Usage: `scribeline deploy` (or PREFECT_API_URL=... python deployments/deploy.py [--pool scribeline-cpu]).
+Then serve them: `scribeline worker --pool scribeline-cpu --pool scribeline-gpu` (`scribeline up` does both).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 POOLS = ("scribeline-cpu", "scribeline-gpu")
+# The deployments of prefect.yaml, by the pool they run on.
+DEPLOYMENTS = {"scribeline-cpu": ("sweep",), "scribeline-gpu": ("process-media",)}
 
 
 def prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,21 +28,24 @@ def ensure_pool(name: str) -> None:
         print(f"created work pool {name}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pool", choices=POOLS, action="append", help="only this pool's deployment (repeatable)")
-    args = p.parse_args(argv)
+def deploy_all(pools=POOLS) -> None:
     os.environ.setdefault("SCRIBELINE_CHECKOUT", str(ROOT))
-    pools = args.pool or list(POOLS)
+    os.environ.setdefault("SCRIBELINE_SWEEP_CRON", "* * * * *")
     for pool in pools:
         ensure_pool(pool)
-    names = {"scribeline-cpu": "incoming-cpu", "scribeline-gpu": "incoming-gpu"}
-    for pool in pools:
-        result = prefect("--no-prompt", "deploy", "--prefect-file", "prefect.yaml", "--name", names[pool], check=False)
-        if result.returncode != 0:
-            print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
-            return result.returncode
-        print(f"deployed scribeline-process-incoming/{names[pool]} to {pool}")
+    names = [name for pool in pools for name in DEPLOYMENTS[pool]]
+    args = [arg for name in names for arg in ("--name", name)]
+    result = prefect("--no-prompt", "deploy", "--prefect-file", "prefect.yaml", *args, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    print(f"deployed {', '.join(names)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pool", choices=POOLS, action="append", help="only this pool's deployments (repeatable)")
+    args = p.parse_args(argv)
+    deploy_all(tuple(args.pool or POOLS))
     return 0
 
 

@@ -35,11 +35,11 @@ from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from scribeline import stages, stopping, storage
+from scribeline import stages, stopping, storage, warehouse
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import ingest, list_incoming
-from tasks.load import archive, load
+from tasks.load import archive, load, record_already_loaded
 from tasks.normalize import normalize
 from tasks.quarantine import quarantine
 from tasks.redact import redact
@@ -121,7 +121,8 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
     for m, stage, error, fut in failures.values():
         m.failed = True
         ingested = m.results.get("ingest", {})
-        record = quarantine(m.ref, stage, error, _attempts(fut), ingested.get("sha256"), m.run_key)
+        record = quarantine(m.ref, stage, error, _attempts(fut), ingested.get("sha256"), m.run_key,
+                            ingested.get("ingested_at"))
         m.outcome = {
             "key": m.ref.key, "state": "quarantined", "stage": stage, "reason": error,
             "quarantine_record": f"s3://{settings.bucket_quarantine}/{record['record_key']}",
@@ -147,51 +148,141 @@ def process_incoming(max_objects: int = 0) -> list[dict]:
             raise
 
 
+def _media_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    objects = flow_run.parameters.get("objects") or [{}]
+    more = f" +{len(objects) - 1}" if len(objects) > 1 else ""
+    return f"media-{objects[0].get('key', '?')[:60]}{more}"
+
+
+@flow(name="scribeline-process-media", task_runner=ThreadPoolTaskRunner(max_workers=16),
+      flow_run_name=_media_run_name, validate_parameters=True)
+def process_media(objects: list[dict]) -> list[dict]:
+    """One object (or a small batch) of the incoming bucket, as started by the sweep under the
+    object version's idempotency key. ``objects``: ``{"bucket", "key", "etag", "size"}`` each.
+
+    An object no longer in the incoming bucket was finished by another run: nothing to do."""
+    with _stop_when_cancelled(), _stop_tasks_when_interrupted():
+        try:
+            stopping.check()
+            settings = Settings.from_env()
+            refs, gone = [], []
+            for o in objects:
+                ref = storage.current(settings, ObjectRef(o["bucket"], o["key"], o.get("etag", ""), o.get("size", 0)))
+                (refs.append(ref) if ref else gone.append(o["key"]))
+            outcomes = process_objects(settings, refs)
+            return outcomes + [{"key": key, "state": "gone", "note": "no longer in the incoming bucket"} for key in gone]
+        except stopping.Stopped:
+            if stopping.reason() == "cancelled":
+                return Cancelled(message="cancelled: the unfinished media stay in the incoming bucket")
+            raise
+
+
 def _process(max_objects: int) -> list[dict]:
-    log = get_run_logger()
     settings = Settings.from_env()
     storage.ensure_buckets(settings)
     refs = list_incoming()
     if max_objects > 0:
         refs = refs[:max_objects]
-    if refs:
-        # A model that cannot load is the worker's fault, not the media's: fail the run
-        # here, with every object still in the incoming bucket, instead of quarantining them.
-        load_model()
+    return process_objects(settings, refs)
+
+
+def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
+    """Every stage for these objects, in waves (the one path for `scribeline run` and per-media runs)."""
+    log = get_run_logger()
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
+    _finish_ledgered(items, settings)
+    if any(m.live for m in items):
+        # A model that cannot load is the worker's fault, not the media's: fail the run
+        # here, with every object still in the incoming bucket, instead of quarantining them.
+        if settings.stage_workers:
+            load_model.delay().result()
+        else:
+            load_model()
 
     _wave({"ingest": lambda m, n: ingest.submit(m.ref)}, items, settings)
-    loaded = stages.already_loaded(settings, [m.run_key for m in items if not m.failed])
-    for m in items:  # a media already in the warehouse needs no work: archive it
-        if not m.failed and m.run_key in loaded:
+    loaded = stages.already_loaded(settings, [m.run_key for m in items if m.live])
+    for m in items:  # a media already in the warehouse needs no work: its ledger row, then archive it
+        if m.live and m.run_key in loaded:
+            record_already_loaded(m.run_key, m.results["ingest"])
             archive(m.run_key, m.results["ingest"])
             m.outcome = _processed(m, settings, note="already in the warehouse; nothing added")
     # A media's VAD starts as soon as its own audio is decoded. A freed decode slot (one
     # ffmpeg per core) goes to the largest file waiting.
-    _wave({"normalize": lambda m, n: normalize.submit(m.run_key, m.results["ingest"], n),
-           "segment": lambda m, n: segment.submit(m.run_key, m.futures["normalize"])}, items, settings)
-    # The transcriber batches the windows of the whole wave: it starts once all have arrived.
-    _wave({"transcribe": lambda m, n: transcribe.submit(m.run_key, quote(m.results["segment"]), n)}, items, settings)
+    _wave({"normalize": lambda m, n: _timed(normalize, settings, m).submit(m.run_key, m.results["ingest"], n),
+           "segment": lambda m, n: _timed(segment, settings, m).submit(m.run_key, m.futures["normalize"])},
+          items, settings)
+    # The transcriber batches the windows of the whole wave (in this process), or of every run
+    # in flight (on the stage worker: the wave's size says nothing there).
+    _wave({"transcribe": lambda m, n: _dispatch(transcribe, settings, m)(
+        m.run_key, _arg(m.results["segment"], settings), 0 if settings.stage_workers else n)}, items, settings)
     # Validation and redaction both read the transcript: one wave, side by side.
-    _wave({"validate": lambda m, n: validate.submit(m.run_key, quote(m.results["transcribe"]),
-                                                    m.results["segment"]["duration_s"], n),
-           "redact": lambda m, n: redact.submit(m.run_key, quote(m.results["transcribe"]))}, items, settings)
+    _wave({"validate": lambda m, n: _dispatch(validate, settings, m)(
+               m.run_key, _arg(m.results["transcribe"], settings), m.results["segment"]["duration_s"],
+               0 if settings.stage_workers else n),
+           "redact": lambda m, n: _dispatch(redact, settings, m)(m.run_key, _arg(m.results["transcribe"], settings))},
+          items, settings)
     for m in items:
         if not m.live:
             continue
         m.results["processing_s"] = time.monotonic() - m.started
-    _wave({"load": lambda m, n: load.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),
-                                            quote(m.results["redact"]), quote(m.results["validate"]),
-                                            m.results["processing_s"], n)}, items, settings)
+    _wave({"load": lambda m, n: _timed(load, settings, m).submit(
+        m.run_key, m.results["ingest"], quote(m.results["segment"]), quote(m.results["redact"]),
+        quote(m.results["validate"]), m.results["processing_s"], n)}, items, settings)
     _wave({"archive": lambda m, n: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
     for m in items:
         if m.outcome is None:
             m.outcome = _processed(m, settings, note="" if m.results.get("load") else "already in the warehouse; nothing added")
     outcomes = [m.outcome for m in items]
-    done = sum(o["state"] == "processed" for o in outcomes)
-    log.info("%d processed, %d quarantined", done, len(outcomes) - done)
+    counts = {state: sum(o["state"] == state for o in outcomes) for state in ("processed", "quarantined", "finished")}
+    log.info("%d processed, %d quarantined, %d finished earlier", counts["processed"], counts["quarantined"],
+             counts["finished"])
     return outcomes
+
+
+def _finish_ledgered(items: list[_Media], settings: Settings) -> None:
+    """Objects whose version already has its terminal state in the ledger (a run ended between
+    its commit and the object's move, or the same bytes were uploaded again under the same
+    name) are only moved where that state says: no stage runs again, no record is added."""
+    done = warehouse.ledgered(settings.warehouse, [(m.ref.bucket, m.ref.key, m.ref.etag) for m in items])
+    for m in items:
+        row = done.get((m.ref.bucket, m.ref.key, m.ref.etag))
+        if row is None:
+            continue
+        if row["state"] == "quarantined":
+            dest_bucket = settings.bucket_quarantine
+            dest_key = storage.under(f"media/{stages.quarantine_tag(m.ref, row['sha256'])}", m.ref.key)
+        else:
+            dest_bucket, dest_key = settings.bucket_processed, storage.under(row["sha256"][:16], m.ref.key)
+        try:
+            if storage.exists(settings, m.ref.bucket, m.ref.key):
+                storage.move(settings, m.ref, dest_bucket, dest_key)
+        except ValueError:  # a key the S3 client cannot address ("." segments): recorded where it stands
+            dest_bucket, dest_key = m.ref.bucket, m.ref.key
+        m.outcome = {"key": m.ref.key, "state": "finished", "media_id": row["media_id"],
+                     "note": f"already {row['state']} (ledger): nothing added; moved to s3://{dest_bucket}/{dest_key}",
+                     "seconds": round(time.monotonic() - m.started, 2)}
+
+
+def _arg(value, settings: Settings):
+    """In-process tasks take large values quoted (Prefect walks task parameters looking for futures:
+    see the module's docstring); a stage worker's get theirs through result storage as they are."""
+    return value if settings.stage_workers else quote(value)
+
+
+def _dispatch(task_, settings: Settings, m: _Media):
+    """Where a heavy stage runs: on the stage worker that keeps its model loaded (``.delay``: a
+    background task run through the Prefect API), or in this process (``.submit``)."""
+    task_ = _timed(task_, settings, m)
+    return task_.delay if settings.stage_workers else task_.submit
+
+
+def _timed(task_, settings: Settings, m: _Media):
+    """The task with a timeout from its media: known once normalized (duration), else from its size."""
+    duration = m.results.get("segment", {}).get("duration_s")
+    return task_.with_options(timeout_seconds=stages.stage_timeout(settings, task_.name, m.ref.size, duration))
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The ``scribeline`` command: up, down, submit, run, demo, query, export, status."""
+"""The ``scribeline`` command: up, down, deploy, worker, submit, run, demo, query, export, status."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def cmd_up(settings: Settings, args) -> int:
     if not args.no_prefect:
         services.start_prefect(settings)
         con.print(f"Prefect UI/API  http://127.0.0.1:{settings.prefect_port}  (API: /api)")
+        if not args.no_workers:
+            from scribeline import runtime
+
+            os.environ.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{settings.prefect_port}/api")
+            runtime.deploy(settings)
+            svc = services.start_worker(settings, runtime.POOLS)
+            con.print(f"Workers         pools {', '.join(runtime.POOLS)} + the stage worker (log {svc.log_file})")
+            con.print("Deployments     scribeline-sweep/sweep (every minute), scribeline-process-media/process-media")
     con.print(f"Warehouse       {settings.warehouse}")
     con.print(f"Buckets         {', '.join(settings.buckets)}")
     return 0
@@ -56,7 +64,7 @@ def cmd_up(settings: Settings, args) -> int:
 def cmd_down(settings: Settings, args) -> int:
     from scribeline import services
 
-    for svc in (services.prefect_service(settings), services.s3_service(settings)):
+    for svc in (services.worker_service(settings), services.prefect_service(settings), services.s3_service(settings)):
         print(f"{svc.name}: {'stopped' if services.stop(svc) else 'was not running'}")
     return 0
 
@@ -235,15 +243,37 @@ def cmd_export(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_status(settings: Settings, args) -> int:
-    from scribeline import allocator, services
+def cmd_deploy(settings: Settings, args) -> int:
+    from scribeline import runtime
 
-    print(json.dumps({
+    runtime.deploy(settings, tuple(args.pool or runtime.POOLS))
+    return 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from scribeline import runtime
+
+    return runtime.worker(settings, args.pool or list(runtime.POOLS), args.limit, stages=not args.no_stages)
+
+
+def cmd_status(settings: Settings, args) -> int:
+    from scribeline import allocator, services, warehouse
+
+    lake = settings.warehouse
+    status = {
         "data_dir": str(settings.data_dir), "s3_endpoint": settings.endpoint, "embedded_s3_running": services.s3_running(settings),
         "prefect_api": os.environ.get("PREFECT_API_URL") or ("embedded" if services.prefect_healthy(settings) else "ephemeral"),
-        "warehouse": str(settings.warehouse), "model": settings.model, "device": settings.device,
-        "allocator": allocator.describe(),
-    }, indent=2))
+        "workers_running": services.worker_service(settings).pid() is not None,
+        "warehouse": str(lake), "model": settings.model, "device": settings.device,
+        "allocator": allocator.describe(), "ledger": {}, "latest_failures": [],
+    }
+    if lake.exists():
+        counts = warehouse.query(lake, "SELECT state, count(*) AS n FROM ledger GROUP BY state ORDER BY state")
+        status["ledger"] = {r.state: int(r.n) for r in counts.itertuples()}
+        failures = warehouse.query(lake, "SELECT key, stage, reason, attempts, finished FROM ledger "
+                                         "WHERE state = 'quarantined' ORDER BY finished DESC LIMIT ?", [args.failures])
+        status["latest_failures"] = json.loads(failures.to_json(orient="records", date_format="iso"))
+    print(json.dumps(status, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -252,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the embedded S3 server and the Prefect server/UI in the background")
     up.add_argument("--no-prefect", action="store_true", help="start only the S3 server")
+    up.add_argument("--no-workers", action="store_true", help="no deployments and no workers (the one-shot `run` needs none)")
     sub.add_parser("down", help="stop the embedded services")
     s = sub.add_parser("submit", help="upload files (or a folder's media files) to the incoming bucket")
     s.add_argument("paths", nargs="+")
@@ -269,11 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("media_id", help="media id (or a unique prefix of it)")
     e.add_argument("--format", "-f", default="txt", choices=["srt", "vtt", "json", "txt"])
     e.add_argument("--output", "-o", help="file to write (default: standard output)")
-    sub.add_parser("status", help="show where things are")
+    st = sub.add_parser("status", help="where things are; the ledger's counts by state and the latest failures")
+    st.add_argument("--failures", type=int, default=10, help="how many of the latest quarantined objects to show")
+    dp = sub.add_parser("deploy", help="create the buckets, work pools and deployments (prefect.yaml) on the Prefect API")
+    dp.add_argument("--pool", action="append", help="only this pool's deployments (repeatable)")
+    w = sub.add_parser("worker", help="serve work pools' flow runs and the heavy stages (model kept loaded) until stopped")
+    w.add_argument("--pool", action="append", help="a work pool to serve (repeatable; default: both)")
+    w.add_argument("--limit", type=int, default=16, help="stage task runs at once on this worker (their windows batch together)")
+    w.add_argument("--no-stages", action="store_true", help="only the pools' flow runs (stages served elsewhere)")
     return p
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
+COMMANDS = {"up": cmd_up, "down": cmd_down, "deploy": cmd_deploy, "worker": cmd_worker, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
             "query": cmd_query, "export": cmd_export, "status": cmd_status}
 
 

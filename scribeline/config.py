@@ -75,8 +75,12 @@ class Settings:
     # Embedded services (only used when s3_endpoint is empty / no Prefect API is configured).
     embedded_s3_port: int = 8333
     prefect_port: int = 4200
-    # Warehouse; empty means <data_dir>/warehouse.duckdb.
+    # Warehouse (DuckLake). Locally: a SQLite catalog file (empty: <data_dir>/warehouse/lake.sqlite) with
+    # the Parquet files beside it. At scale: a PostgreSQL catalog ("postgres:dbname=... host=...", the
+    # password from PGPASSWORD or the conninfo) and a data path, e.g. s3://scribeline-lake/.
     warehouse_path: str = ""
+    warehouse_catalog: str = ""
+    warehouse_data: str = ""
     # Transcription.
     model: str = field(default_factory=_default_model)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -112,7 +116,14 @@ class Settings:
     # Validation: the checks whose failure marks a media needs_review (names or expectation types/classes).
     critical_expectations: tuple[str, ...] = DEFAULT_CRITICAL_EXPECTATIONS
     # Orchestration.
-    max_attempts: int = 3
+    max_attempts: int = 3  # flow runs an object may take (a worker lost mid-run) before it is quarantined
+    # Run transcribe/validate/redact on the stage worker (`scribeline worker`), which keeps the
+    # model, Presidio and Great Expectations loaded and batches the windows of every run in flight.
+    # Per-media deployment runs set it; `scribeline run` loads them in its own process.
+    stage_workers: bool = False
+    max_runs_in_flight: int = 16  # per-media flow runs a sweep lets wait or run at once (backpressure)
+    max_objects_per_run: int = 1  # objects one per-media flow run takes
+    sweep_deployment: str = "scribeline-process-media/process-media"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -140,8 +151,21 @@ class Settings:
 
     # Derived paths -----------------------------------------------------
     @property
-    def warehouse(self) -> Path:
-        return Path(self.warehouse_path).expanduser() if self.warehouse_path else self.data_dir / "warehouse.duckdb"
+    def warehouse(self):
+        """The warehouse's :class:`scribeline.warehouse.Lake`."""
+        from scribeline.warehouse import Lake
+
+        if not self.warehouse_catalog:
+            lake = Lake.of(Path(self.warehouse_path).expanduser() if self.warehouse_path
+                           else self.data_dir / "warehouse" / "lake.sqlite")
+            return Lake(lake.catalog, self.warehouse_data or lake.data_path)
+        if not self.warehouse_data:
+            raise ValueError("SCRIBELINE_WAREHOUSE_CATALOG needs SCRIBELINE_WAREHOUSE_DATA (a folder or s3://bucket/prefix/)")
+        s3 = None
+        if self.warehouse_data.startswith("s3://"):
+            access, secret = self.credentials()
+            s3 = (self.endpoint, access, secret, self.s3_secure, self.s3_region)
+        return Lake(self.warehouse_catalog, self.warehouse_data, s3)
 
     @property
     def embedded(self) -> bool:

@@ -68,6 +68,23 @@ def prefect_service(settings: Settings) -> Service:
     return Service("prefect", run / "prefect.pid", run / "prefect.log", f"http://127.0.0.1:{settings.prefect_port}")
 
 
+def worker_service(settings: Settings) -> Service:
+    d = _run_dir(settings)
+    return Service("workers", d / "worker.pid", d / "worker.log", "")
+
+
+def start_worker(settings: Settings, pools) -> Service:
+    """`scribeline worker` in the background (the pools' flow runs and the stage worker), unless it runs."""
+    svc = worker_service(settings)
+    if svc.pid() is not None:
+        return svc
+    cmd = [sys.executable, "-m", "scribeline.cli", "worker"] + [a for pool in pools for a in ("--pool", pool)]
+    env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{settings.prefect_port}/api", **prefect_env(settings),
+               SCRIBELINE_DATA_DIR=str(settings.data_dir))
+    _spawn(cmd, env, svc.log_file, svc.pid_file, Path(__file__).resolve().parent.parent)
+    return svc
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import heapq
 import itertools
 import shutil
@@ -293,11 +294,11 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
                  "transcript_flags": flags}
 
 
-def _load_many(items: list[tuple[Path, dict, dict]]) -> list:
+def _load_many(items: list[tuple]) -> list:
     out: dict[int, object] = {}
-    for path in dict.fromkeys(p for p, _, _ in items):
-        idx = [i for i, it in enumerate(items) if it[0] == path]
-        out.update(zip(idx, warehouse.load_many(path, [(items[i][1], items[i][2]) for i in idx])))
+    for lake in dict.fromkeys(lake for lake, _ in items):
+        idx = [i for i, it in enumerate(items) if it[0] == lake]
+        out.update(zip(idx, warehouse.load_many(lake, [items[i][1] for i in idx])))
     return [out[i] for i in range(len(items))]
 
 
@@ -306,13 +307,27 @@ _loads = Coalescer(_load_many, quiet_s=0.05, max_wait_s=0.5)
 
 
 def load(settings: Settings, ingested: dict, segmented: dict, redacted: dict, checks: dict, processing_s: float,
-         wave_size: int = 0) -> bool:
-    """Write the media's rows; False when they were already there.
+         wave_size: int = 0, run: dict | None = None) -> bool:
+    """Write the media's rows and its object's ledger row; False when the media was already there.
 
     ``wave_size`` media load together: their round starts once all have called, and its
-    rows go in one transaction (or one per media, if that one fails)."""
+    rows go in one transaction (or one per media, if that one fails). ``run``: the flow run's
+    ``flow_run_id`` and ``attempts`` for the ledger."""
     row, tables = warehouse_rows(settings, ingested, segmented, redacted, checks, processing_s)
-    return _loads((settings.warehouse, row, tables), expected=wave_size)
+    return _loads((settings.warehouse, warehouse.MediaLoad(row, tables, ledger_row(ingested, run))), expected=wave_size)
+
+
+def ledger_row(ingested: dict, run: dict | None = None) -> dict:
+    """What the ledger records of an ingested object version (its state is added where it ends)."""
+    return {"bucket": ingested["bucket"], "key": ingested["key"], "etag": ingested.get("etag") or "",
+            "size_bytes": ingested.get("size"), "sha256": ingested.get("sha256"), "media_id": ingested.get("run_key"),
+            "first_seen": ingested.get("ingested_at"), **(run or {})}
+
+
+def record_already_loaded(settings: Settings, ingested: dict, run: dict | None = None) -> bool:
+    """An object whose media is already in the warehouse (a copy under another name, or one whose
+    earlier run loaded it and stopped before the move) gets its ledger row, once."""
+    return warehouse.record_terminal(settings.warehouse, ledger_row(ingested, run))
 
 
 def already_loaded(settings: Settings, run_keys: list[str]) -> set[str]:
@@ -320,34 +335,70 @@ def already_loaded(settings: Settings, run_keys: list[str]) -> set[str]:
     return warehouse.contained(settings.warehouse, run_keys)
 
 
+# ------------------------------------------------------------------ timeouts
+# Seconds a stage may take: a fixed part (start-up, a retry of the store) plus a part per
+# second of media (per MB while the duration is not yet known). Transcription's own decode
+# budget (decode_budget_factor) ends a runaway decode earlier, with a verdict.
+_TIMEOUT_FIXED_S = 120.0
+_TIMEOUT_PER_MEDIA_S = {"normalize": 0.5, "segment": 0.5, "transcribe": 4.0, "validate": 0.5, "redact": 0.5, "load": 0.5}
+_TIMEOUT_PER_MB_S = 10.0
+
+
+def stage_timeout(settings: Settings, stage: str, size_bytes: int, duration_s: float | None) -> float:
+    if duration_s is None:
+        return _TIMEOUT_FIXED_S + _TIMEOUT_PER_MB_S * size_bytes / 1e6
+    factor = max(_TIMEOUT_PER_MEDIA_S.get(stage, 1.0), settings.decode_budget_factor * 2 if stage == "transcribe" else 0)
+    return _TIMEOUT_FIXED_S + factor * duration_s
+
+
 # ------------------------------------------------------------------ outcome
 def archive(settings: Settings, ingested: dict) -> ObjectRef:
     """After the load committed: move the source from incoming to the processed bucket."""
     ref = ObjectRef(ingested["bucket"], ingested["key"], ingested["etag"], ingested["size"])
-    dest = f"{ingested['sha256'][:16]}/{ingested['key']}"
+    dest = storage.under(ingested["sha256"][:16], ingested["key"])
     out = storage.move(settings, ref, settings.bucket_processed, dest)
     cleanup(settings, ingested["run_key"])
     return out
 
 
+def quarantine_tag(ref: ObjectRef, sha256: str | None) -> str:
+    """What names a quarantined content: its hash, or (never read) the object version's."""
+    if sha256:
+        return sha256[:16]
+    return "unread-" + hashlib.sha256(f"{ref.bucket}\0{ref.key}\0{ref.etag}".encode()).hexdigest()[:16]
+
+
 def quarantine(settings: Settings, ref: ObjectRef, stage: str, error: str, attempts: int,
-               sha256: str | None = None, run_key: str | None = None) -> dict:
-    """Record why, then move the media into the quarantine bucket. Returns the record."""
+               sha256: str | None = None, run_key: str | None = None, run: dict | None = None,
+               first_seen: str | None = None) -> dict:
+    """Record why, then move the media into the quarantine bucket. Returns the record.
+
+    One record per content (``records/<sha256 prefix>.json``): the same bad bytes quarantined
+    again, under any name, add no record; each object version gets its one ledger row."""
     now = dt.datetime.now(dt.timezone.utc)
-    stamp = now.strftime("%Y%m%dT%H%M%S")
-    tag = (sha256 or "unhashed")[:16]
+    tag = quarantine_tag(ref, sha256)
     record = {
         "source": ref.uri, "source_bucket": ref.bucket, "source_key": ref.key, "sha256": sha256, "run_key": run_key,
         "stage": stage, "error": error, "attempts": attempts, "quarantined_at": now.isoformat(),
-        "media_object": f"s3://{settings.bucket_quarantine}/media/{tag}/{ref.key}",
+        "media_object": f"s3://{settings.bucket_quarantine}/{storage.under(f'media/{tag}', ref.key)}",
     }
-    record_key = f"records/{stamp}-{tag}/{ref.key}.json"
+    record_key = f"records/{tag}.json"
     # The record is written first: if the move then fails, the reason is still on file
     # and the media is still in incoming, so nothing is lost.
-    storage.put_json(settings, settings.bucket_quarantine, record_key, record)
-    warehouse.record_quarantine(settings.warehouse, {**record, "quarantine_key": record_key})
-    if storage.exists(settings, ref.bucket, ref.key):
-        storage.move(settings, ref, settings.bucket_quarantine, f"media/{tag}/{ref.key}")
+    if storage.exists(settings, settings.bucket_quarantine, record_key):
+        record = storage.get_json(settings, settings.bucket_quarantine, record_key)
+    else:
+        storage.put_json(settings, settings.bucket_quarantine, record_key, record)
+    ledger = {"bucket": ref.bucket, "key": ref.key, "etag": ref.etag, "size_bytes": ref.size or None, "sha256": sha256,
+              "media_id": run_key, "stage": stage, "reason": error, "attempts": attempts,
+              "first_seen": first_seen, **(run or {})}
+    warehouse.record_quarantine(settings.warehouse, {**record, "quarantine_key": record_key}, ledger)
+    try:
+        if storage.exists(settings, ref.bucket, ref.key):
+            storage.move(settings, ref, settings.bucket_quarantine, storage.under(f"media/{tag}", ref.key))
+    except ValueError:  # a key with "." or ".." segments: the S3 client cannot address it to move it
+        pass  # recorded (record and ledger) where it stands
+
     if run_key:
         cleanup(settings, run_key)
     return {**record, "record_key": record_key}

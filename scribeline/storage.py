@@ -36,6 +36,18 @@ class ObjectRef:
         return f"s3://{self.bucket}/{self.key}"
 
 
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+
+
+def under(prefix: str, key: str) -> str:
+    """``prefix/key``; a key that would make it longer than S3 allows is replaced by its hash
+    (the original stays in the ledger and the quarantine record)."""
+    dest = f"{prefix}/{key}"
+    if len(dest.encode()) <= MAX_KEY_BYTES:
+        return dest
+    return f"{prefix}/{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
 def client(settings: Settings) -> Minio:
     access, secret = settings.credentials()
     return Minio(
@@ -134,6 +146,17 @@ def exists(settings: Settings, bucket: str, key: str) -> bool:
         if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
             return False
         raise
+
+
+def current(settings: Settings, ref: ObjectRef) -> ObjectRef | None:
+    """The object as it is now (its etag and size), or None when it is gone."""
+    try:
+        st = client(settings).stat_object(ref.bucket, ref.key)
+    except S3Error as exc:
+        if exc.code in {"NoSuchKey", "NoSuchObject", "NotFound"}:
+            return None
+        raise
+    return ObjectRef(ref.bucket, ref.key, (st.etag or "").strip('"'), st.size or 0)
 
 
 def put_json(settings: Settings, bucket: str, key: str, document: dict) -> ObjectRef:

@@ -1,17 +1,29 @@
-"""The DuckDB warehouse analysts query: schema, idempotent load, read-only queries.
+"""The warehouse analysts query: a DuckLake (DuckDB tables over Parquet, with a catalog database).
 
-Only redacted text ever reaches these tables. A media's rows are written in one
-transaction keyed by ``media_id`` (the flow-run key), so loading the same media
-twice adds nothing. DuckDB allows one writing process per file: writers open
-the file only for the length of a load.
+A plain DuckDB file lets one process write and then no other process open it, even
+to read: an analyst's connection stalled the pipeline's loads, and a second worker
+could not load at all. DuckLake keeps the same SQL over Parquet files and a catalog
+database: readers see committed snapshots while loads go on, and several processes
+write to one warehouse. Locally the catalog is a SQLite file and the data a folder
+under the data directory; at scale, a PostgreSQL catalog and data on S3 (README).
+
+Only redacted text ever reaches these tables. A media's rows, with the ledger row of
+the object they came from, are written in one transaction keyed by ``media_id`` (the
+flow-run key), so loading the same media twice adds nothing. DuckLake has no primary
+keys: uniqueness is the writers' job. Writers on one machine take a file lock for the
+check-then-insert of a load (transactions are short); a PostgreSQL catalog relies on
+Prefect's idempotency key and the per-media cache lock for the same guarantee.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import random
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +32,7 @@ import pandas as pd
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS media (
-    media_id            VARCHAR PRIMARY KEY,  -- flow-run key: content sha256 + pipeline configuration
+    media_id            VARCHAR NOT NULL,  -- flow-run key: content sha256 + pipeline configuration
     source_bucket       VARCHAR NOT NULL,
     source_key          VARCHAR NOT NULL,
     source_etag         VARCHAR,
@@ -58,8 +70,7 @@ CREATE TABLE IF NOT EXISTS segments (
     avg_logprob       DOUBLE,
     no_speech_prob    DOUBLE,
     compression_ratio DOUBLE,
-    temperature       DOUBLE,
-    PRIMARY KEY (media_id, segment_index)
+    temperature       DOUBLE
 );
 CREATE TABLE IF NOT EXISTS words (
     media_id      VARCHAR NOT NULL,
@@ -69,8 +80,7 @@ CREATE TABLE IF NOT EXISTS words (
     end_s         DOUBLE NOT NULL,
     word          VARCHAR NOT NULL,  -- redacted words read <PERSON>, <PHONE_NUMBER>, ...
     probability   DOUBLE,
-    redacted      BOOLEAN,
-    PRIMARY KEY (media_id, segment_index, word_index)
+    redacted      BOOLEAN
 );
 CREATE TABLE IF NOT EXISTS pii_entities (
     media_id      VARCHAR NOT NULL,
@@ -80,8 +90,7 @@ CREATE TABLE IF NOT EXISTS pii_entities (
     end_s         DOUBLE,
     score         DOUBLE,
     segment_index INTEGER,
-    recognizer    VARCHAR,
-    PRIMARY KEY (media_id, entity_index)
+    recognizer    VARCHAR
 );
 CREATE TABLE IF NOT EXISTS quality_checks (
     media_id         VARCHAR NOT NULL,
@@ -93,8 +102,7 @@ CREATE TABLE IF NOT EXISTS quality_checks (
     success          BOOLEAN,
     element_count    INTEGER,
     unexpected_count INTEGER,
-    details          VARCHAR,
-    PRIMARY KEY (media_id, check_index)
+    details          VARCHAR
 );
 CREATE TABLE IF NOT EXISTS transcript_flags (  -- what the transcription guards found (scribeline/guards.py)
     media_id     VARCHAR NOT NULL,
@@ -103,11 +111,10 @@ CREATE TABLE IF NOT EXISTS transcript_flags (  -- what the transcription guards 
     window_index INTEGER,           -- NULL: about the whole media
     start_s      DOUBLE,
     end_s        DOUBLE,
-    reason       VARCHAR,
-    PRIMARY KEY (media_id, flag_index)
+    reason       VARCHAR
 );
 CREATE TABLE IF NOT EXISTS quarantine (
-    quarantine_key VARCHAR PRIMARY KEY,  -- object key of the JSON record in the quarantine bucket
+    quarantine_key VARCHAR NOT NULL,  -- object key of the JSON record in the quarantine bucket
     source_bucket  VARCHAR,
     source_key     VARCHAR,
     sha256         VARCHAR,
@@ -115,6 +122,22 @@ CREATE TABLE IF NOT EXISTS quarantine (
     error          VARCHAR,
     attempts       INTEGER,
     quarantined_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS ledger (  -- one terminal state per object version seen in the incoming bucket
+    bucket         VARCHAR NOT NULL,
+    key            VARCHAR NOT NULL,
+    etag           VARCHAR NOT NULL,
+    size_bytes     BIGINT,
+    sha256         VARCHAR,           -- NULL when the object could not be read
+    media_id       VARCHAR,           -- the media its content became (shared by copies under other names)
+    state          VARCHAR NOT NULL,  -- processed | needs_review | quarantined
+    stage          VARCHAR,           -- where it was quarantined
+    reason         VARCHAR,
+    attempts       INTEGER,
+    flow_run_id    VARCHAR,
+    quarantine_key VARCHAR,           -- its record in the quarantine bucket
+    first_seen     TIMESTAMP,
+    finished       TIMESTAMP
 );
 -- Warehouses made before these columns existed get them (NULL for media loaded then).
 ALTER TABLE media ADD COLUMN IF NOT EXISTS needs_review BOOLEAN;
@@ -131,150 +154,350 @@ GROUP BY ALL;
 """
 
 
-def connect(path: Path, read_only: bool = False, retries: int = 60) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse; waits while another process holds the file's lock."""
-    path = Path(path)
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    elif not path.exists():
-        raise FileNotFoundError(f"no warehouse at {path}: run the pipeline first")
-    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-    for attempt in range(retries):
+TABLES = ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine", "ledger")
+LEDGER_STATES = ("processed", "needs_review", "quarantined")
+
+
+@dataclass(frozen=True, repr=False)
+class Lake:
+    """Where the warehouse lives: a DuckLake catalog and the folder (or S3 prefix) of its Parquet files."""
+
+    catalog: str  # "sqlite:/path/lake.sqlite" or "postgres:dbname=... host=..."
+    data_path: str  # a folder, or s3://bucket/prefix/
+    # S3 access for an s3:// data path: (endpoint, access key, secret key, secure, region). Never printed.
+    s3: tuple | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, target: "Lake | Path | str") -> "Lake":
+        """A Lake as given, or the local one whose SQLite catalog is the file ``target`` (data beside it)."""
+        if isinstance(target, Lake):
+            return target
+        text = str(target)
+        if text.startswith("postgres:"):
+            raise ValueError("a PostgreSQL catalog needs its data path too: build Lake(catalog, data_path)")
+        path = Path(text).expanduser().resolve()
+        return cls(f"sqlite:{path}", str(path.parent / f"{path.stem}-data") + "/")
+
+    @property
+    def catalog_file(self) -> Path | None:
+        return Path(self.catalog.removeprefix("sqlite:")) if self.catalog.startswith("sqlite:") else None
+
+    def __str__(self) -> str:
+        """For logs and `scribeline status`: the catalog without any password in it."""
+        shown = " ".join(p for p in self.catalog.split() if not p.lower().startswith("password="))
+        return f"DuckLake {shown} (data {self.data_path})"
+
+    def __repr__(self) -> str:
+        return f"Lake({self})"
+
+    def exists(self) -> bool:
+        return self.catalog_file.exists() if self.catalog_file else True
+
+    def attach_sql(self, read_only: bool = False) -> str:
+        options = [f"DATA_PATH {_literal(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
+        return f"ATTACH {_literal('ducklake:' + self.catalog)} AS lake ({', '.join(options)})"
+
+
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _load_extensions(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    """DuckLake and its catalog's scanner, from the duckdb-extension-* wheels (no download)."""
+    names = ["ducklake", "postgres_scanner" if lake.catalog.startswith("postgres:") else "sqlite_scanner"]
+    if lake.data_path.startswith("s3://"):
+        names.append("httpfs")
+    for name in names:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == retries - 1:
+            con.execute(f"LOAD {name}")
+        except duckdb.Error:  # not yet installed from its wheel on this machine
+            import duckdb_extensions
+
+            duckdb_extensions.import_extension(name, con=con)
+            con.execute(f"LOAD {name}")
+    if lake.s3:
+        endpoint, key_id, secret, secure, region = lake.s3
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET scribeline_lake_s3 (TYPE s3, KEY_ID {_literal(key_id)}, "
+                    f"SECRET {_literal(secret)}, ENDPOINT {_literal(endpoint)}, URL_STYLE 'path', "
+                    f"USE_SSL {str(bool(secure)).lower()}, REGION {_literal(region or 'us-east-1')})")
+
+
+def connect(target: "Lake | Path | str", read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A new connection with the warehouse attached as ``lake`` and in use (analysts' SQL needs no prefix).
+
+    Read-only connections never block, nor are blocked by, the pipeline's writers."""
+    lake = Lake.of(target)
+    if read_only and not lake.exists():
+        raise FileNotFoundError(f"no warehouse at {lake.catalog_file}: run the pipeline first")
+    if lake.catalog_file:
+        lake.catalog_file.parent.mkdir(parents=True, exist_ok=True)
+        if not lake.data_path.startswith("s3://"):
+            Path(lake.data_path).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        _load_extensions(con, lake)
+        _retrying(lambda: con.execute(lake.attach_sql(read_only)))
+        con.execute("USE lake")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+# ------------------------------------------------------------------ writing
+# Attaching costs ~0.3 s: each process keeps one read-write connection per warehouse, and
+# its threads take turns on it. Across processes on one machine a file lock beside the
+# SQLite catalog serializes loads, so a load's check-then-insert sees every earlier one.
+_write_lock = threading.RLock()
+_writers: dict[Lake, duckdb.DuckDBPyConnection] = {}
+
+# Catalog contention (SQLite "database is locked", a DuckLake commit conflict) is retried.
+_TRANSIENT = ("locked", "busy", "conflict", "could not serialize", "deadlock", "connection")
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and any(word in str(exc).lower() for word in _TRANSIENT)
+
+
+def _retrying(fn, attempts: int = 12, first_delay_s: float = 0.05):
+    """Run ``fn``, retrying transient catalog errors with exponential backoff and jitter."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except duckdb.Error as exc:
+            if not _transient(exc) or attempt == attempts - 1:
                 raise
-            time.sleep(0.5)
+            time.sleep(first_delay_s * 2 ** min(attempt, 6) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
-# DuckDB lets one process write a file; inside it, writes from several threads would
-# conflict on the same tables. One lock per process serializes them; the schema is
-# created once per file and process.
-_write_lock = threading.Lock()
-_schema_ready: set[str] = set()
+@contextmanager
+def writer(target: "Lake | Path | str"):
+    """This process's read-write connection, held exclusively (threads and, locally, processes)."""
+    lake = Lake.of(target)
+    with _write_lock, _machine_lock(lake):
+        con = _writers.get(lake)
+        if con is None:
+            con = connect(lake)
+            _retrying(lambda: _create_schema(con))
+            _writers[lake] = con
+        yield con
 
 
 @contextmanager
-def writer(path: Path):
-    with _write_lock:
-        existed = Path(path).exists()
-        con = connect(path)
+def _machine_lock(lake: Lake):
+    if lake.catalog_file is None:
+        yield
+        return
+    lake.catalog_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{lake.catalog_file}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            key = str(Path(path).resolve())
-            if key not in _schema_ready or not existed:
-                con.execute(SCHEMA)
-                _schema_ready.add(key)
-            yield con
+            yield
         finally:
-            con.close()
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def has_media(con: duckdb.DuckDBPyConnection, media_id: str) -> bool:
-    return con.execute("SELECT count(*) FROM media WHERE media_id = ?", [media_id]).fetchone()[0] > 0
-
-
-def contained(path: Path, media_ids: Sequence[str]) -> set[str]:
-    """Which of these media already have their rows in the warehouse (none when there is no warehouse yet)."""
-    if not media_ids or not Path(path).exists():
-        return set()
-    con = connect(path, read_only=True)  # one opening for the whole list: each costs ~25 ms
+def _create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("BEGIN TRANSACTION")
     try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "media" not in tables:
-            return set()
-        return _present(con, media_ids)
-    finally:
-        con.close()
+        con.execute(SCHEMA)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def reset_connections() -> None:
+    """Close this process's cached connections (tests; a worker after its warehouse moved)."""
+    with _write_lock:
+        for con in _writers.values():
+            con.close()
+        _writers.clear()
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection):
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a failed COMMIT has already ended the transaction
+        raise
 
 
 def _present(con: duckdb.DuckDBPyConnection, media_ids: Sequence[str]) -> set[str]:
     """Which of these media the warehouse holds, in one query."""
+    if not media_ids:
+        return set()
     rows = con.execute("SELECT media_id FROM media WHERE list_contains(?, media_id)", [list(media_ids)]).fetchall()
     return {r[0] for r in rows}
 
 
-def load(path: Path, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
+def _object_id(row: dict) -> tuple[str, str, str]:
+    return row["bucket"], row["key"], row.get("etag") or ""
+
+
+def _ledgered(con: duckdb.DuckDBPyConnection, objects: Sequence[tuple[str, str, str]]) -> dict[tuple, dict]:
+    """The ledger rows of these object versions (bucket, key, etag) that already have one."""
+    if not objects:
+        return {}
+    frame = pd.DataFrame(list(objects), columns=["bucket", "key", "etag"])
+    con.register("_objects", frame)
+    try:
+        found = con.execute("SELECT l.* FROM ledger l JOIN _objects o USING (bucket, key, etag)").fetchdf()
+    finally:
+        con.unregister("_objects")
+    return {(r["bucket"], r["key"], r["etag"]): r for r in found.to_dict("records")}
+
+
+def _ledger_frame(rows: list[dict]) -> pd.DataFrame:
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    out = []
+    for row in rows:
+        if row["state"] not in LEDGER_STATES:
+            raise ValueError(f"unknown ledger state {row['state']!r}")
+        out.append({"bucket": row["bucket"], "key": row["key"], "etag": row.get("etag") or "",
+                    "size_bytes": row.get("size_bytes"), "sha256": row.get("sha256"), "media_id": row.get("media_id"),
+                    "state": row["state"], "stage": row.get("stage"), "reason": row.get("reason"),
+                    "attempts": row.get("attempts"), "flow_run_id": row.get("flow_run_id"),
+                    "quarantine_key": row.get("quarantine_key"), "first_seen": _naive(row.get("first_seen")) or now,
+                    "finished": _naive(row.get("finished")) or now})
+    return pd.DataFrame(out)
+
+
+def _naive(value):
+    """Timestamps as naive UTC (the column type), from datetimes or ISO strings."""
+    if value is None or value == "":
+        return None
+    ts = pd.Timestamp(value)
+    return (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_pydatetime()
+
+
+# ------------------------------------------------------------------ loading
+@dataclass
+class MediaLoad:
+    """One media's rows, and the ledger row of the object version they came from (if any)."""
+
+    media_row: dict
+    tables: dict[str, pd.DataFrame]
+    ledger: dict | None = None
+
+
+def load(target, media_row: dict, tables: dict[str, pd.DataFrame], ledger: dict | None = None) -> bool:
     """Insert one media and its child rows atomically. False when it was already there."""
-    result = load_many(path, [(media_row, tables)])[0]
+    result = load_many(target, [MediaLoad(media_row, tables, ledger)])[0]
     if isinstance(result, Exception):
         raise result
     return result
 
 
-def load_many(path: Path, items: Sequence[tuple[dict, dict[str, pd.DataFrame]]]) -> list[bool | Exception]:
+def load_many(target, items: Sequence[MediaLoad | tuple]) -> list[bool | Exception]:
     """Insert several media through one connection; True where added, False where already there.
 
-    Opening and closing the file costs more than a small media's rows, so the
-    flow's concurrent load tasks are served together. They are first inserted in
-    one transaction, one statement per table: a statement and a commit cost more
-    than a small media's rows (8 media: 0.16 s one by one, most of it per statement).
-    If that fails, nothing of it stays, and each media is loaded in a transaction
-    of its own: one media's failure is returned in its place and does not touch
-    the others.
+    Each item's ledger row is added with it (its state from the media's ``needs_review``),
+    also when the media itself was already there (the same content under another name), and
+    only once per object version. A statement and a commit cost more than a small media's
+    rows, so the items go first in one transaction, one statement per table. If that fails,
+    nothing of it stays, and each media is loaded in a transaction of its own: one media's
+    failure is returned in its place and does not touch the others.
     """
-    with writer(path) as con:
-        together = _load_together(con, items) if len(items) > 1 else None
-        if together is not None:
-            return together
-        out: list[bool | Exception] = []
-        for media_row, tables in items:
+    items = [it if isinstance(it, MediaLoad) else MediaLoad(*it) for it in items]
+    with writer(target) as con:
+        if len(items) > 1:
             try:
-                out.append(_load_one(con, media_row, tables))
+                return _retrying(lambda: _in_transaction(con, items))
+            except Exception:  # noqa: BLE001 - each media is tried alone next
+                pass
+        out: list[bool | Exception] = []
+        for item in items:
+            try:
+                out.append(_retrying(lambda: _in_transaction(con, [item]))[0])
             except Exception as exc:  # noqa: BLE001 - reported to that media's caller
                 out.append(exc)
     return out
 
 
-def _load_together(con: duckdb.DuckDBPyConnection, items: Sequence[tuple[dict, dict[str, pd.DataFrame]]]) -> list[bool] | None:
-    """All of the items' new media in one transaction; None (rolled back) if any statement failed."""
-    ids = [row["media_id"] for row, _ in items]
-    con.execute("BEGIN TRANSACTION")
-    try:
-        present = _present(con, ids)
-        added = []
-        for media_id in ids:  # the same media twice in one round: the first adds it
+def _in_transaction(con: duckdb.DuckDBPyConnection, items: Sequence[MediaLoad]) -> list[bool]:
+    with _transaction(con):
+        present = _present(con, [it.media_row["media_id"] for it in items])
+        done = set(_ledgered(con, [_object_id(it.ledger) for it in items if it.ledger]))
+        added, new, ledger_rows = [], [], []
+        for it in items:  # the same media twice in one round: the first adds it
+            media_id = it.media_row["media_id"]
             added.append(media_id not in present)
-            present.add(media_id)
-        new = [item for item, add in zip(items, added) if add]
+            if media_id not in present:
+                new.append(it)
+                present.add(media_id)
+            if it.ledger and _object_id(it.ledger) not in done:
+                done.add(_object_id(it.ledger))
+                state = "needs_review" if it.media_row.get("needs_review") else "processed"
+                ledger_rows.append({**it.ledger, "media_id": media_id, "state": state})
         if new:
-            _insert(con, "media", pd.DataFrame([row for row, _ in new]))
-            for name in dict.fromkeys(name for _, tables in new for name in tables):
-                frames = [tables[name] for _, tables in new if name in tables and len(tables[name])]
+            _insert(con, "media", pd.DataFrame([it.media_row for it in new]))
+            for name in dict.fromkeys(name for it in new for name in it.tables):
+                frames = [it.tables[name] for it in new if name in it.tables and len(it.tables[name])]
                 if frames:
+                    _check_unique(name, frames)
                     _insert(con, name, pd.concat(frames, ignore_index=True))
-        con.execute("COMMIT")
-        return added
-    except Exception:  # noqa: BLE001 - each media is tried alone next
-        con.execute("ROLLBACK")
-        return None
+        if ledger_rows:
+            _insert(con, "ledger", _ledger_frame(ledger_rows))
+    return added
 
 
-def _load_one(con: duckdb.DuckDBPyConnection, media_row: dict, tables: dict[str, pd.DataFrame]) -> bool:
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if has_media(con, media_row["media_id"]):
-            con.execute("ROLLBACK")
-            return False
-        _insert(con, "media", pd.DataFrame([media_row]))
-        for name, frame in tables.items():
-            if len(frame):
-                _insert(con, name, frame)
-        con.execute("COMMIT")
-        return True
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+# What each child table's rows are unique by (DuckLake has no primary keys to check it).
+_ROW_KEYS = {"segments": ["media_id", "segment_index"], "words": ["media_id", "segment_index", "word_index"],
+             "pii_entities": ["media_id", "entity_index"], "quality_checks": ["media_id", "check_index"],
+             "transcript_flags": ["media_id", "flag_index"]}
 
 
-def record_quarantine(path: Path, row: dict) -> None:
-    with writer(path) as con:
-        con.execute(
-            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [row["quarantine_key"], row["source_bucket"], row["source_key"], row.get("sha256"), row["stage"],
-             row["error"], row["attempts"], row.get("quarantined_at") or dt.datetime.now(dt.timezone.utc)],
-        )
+class DuplicateRows(duckdb.ConstraintException):
+    """A load's rows repeat a key: the load is refused whole."""
+
+
+def _check_unique(table: str, frames: list[pd.DataFrame]) -> None:
+    keys = _ROW_KEYS.get(table)
+    if keys and pd.concat([f[keys] for f in frames], ignore_index=True).duplicated().any():
+        raise DuplicateRows(f"{table}: rows repeat a key ({', '.join(keys)})")
+
+
+def record_terminal(target, ledger: dict) -> bool:
+    """The ledger row of an object version whose media (``ledger["media_id"]``) was already in the
+    warehouse; its state is that media's. False if the object version had a row already."""
+    with writer(target) as con:
+        def write() -> bool:
+            with _transaction(con):
+                if _ledgered(con, [_object_id(ledger)]):
+                    return False
+                review = con.execute("SELECT bool_or(needs_review) FROM media WHERE media_id = ?",
+                                     [ledger["media_id"]]).fetchone()[0]
+                _insert(con, "ledger", _ledger_frame([{**ledger, "state": "needs_review" if review else "processed"}]))
+                return True
+        return _retrying(write)
+
+
+def record_quarantine(target, row: dict, ledger: dict | None = None) -> bool:
+    """The quarantine record (once per record key: the same bad content twice is one record) and
+    the object's ledger row (once per object version), in one transaction. True if the record is new."""
+    with writer(target) as con:
+        def write() -> bool:
+            with _transaction(con):
+                new = con.execute("SELECT count(*) FROM quarantine WHERE quarantine_key = ?",
+                                  [row["quarantine_key"]]).fetchone()[0] == 0
+                if new:
+                    con.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [row["quarantine_key"], row["source_bucket"], row["source_key"], row.get("sha256"),
+                                 row["stage"], row["error"], row["attempts"],
+                                 _naive(row.get("quarantined_at")) or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)])
+                if ledger and not _ledgered(con, [_object_id(ledger)]):
+                    _insert(con, "ledger", _ledger_frame([{**ledger, "state": "quarantined",
+                                                           "quarantine_key": row["quarantine_key"]}]))
+                return new
+        return _retrying(write)
 
 
 def _insert(con, table: str, frame: pd.DataFrame) -> None:
@@ -286,19 +509,52 @@ def _insert(con, table: str, frame: pd.DataFrame) -> None:
         con.unregister("_incoming")
 
 
-def query(path: Path, sql: str, params: list | None = None) -> pd.DataFrame:
+# ------------------------------------------------------------------ reading
+@contextmanager
+def reader(target):
+    """A read-only connection for the pipeline's own lookups (never blocks a load)."""
+    con = connect(target, read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'lake' AND table_name = ?",
+                       [name]).fetchone()[0] > 0
+
+
+def contained(target, media_ids: Sequence[str]) -> set[str]:
+    """Which of these media already have their rows in the warehouse (none when there is no warehouse yet)."""
+    lake = Lake.of(target)
+    if not media_ids or not lake.exists():
+        return set()
+    with reader(lake) as con:
+        return _present(con, media_ids) if _has_table(con, "media") else set()
+
+
+def ledgered(target, objects: Sequence[tuple[str, str, str]]) -> dict[tuple, dict]:
+    """The ledger rows of these object versions (bucket, key, etag), where they have one."""
+    lake = Lake.of(target)
+    if not objects or not lake.exists():
+        return {}
+    with reader(lake) as con:
+        return _ledgered(con, objects) if _has_table(con, "ledger") else {}
+
+
+def query(target, sql: str, params: list | None = None) -> pd.DataFrame:
     """Run analyst SQL on a read-only connection (no writes possible)."""
-    con = connect(path, read_only=True)
-    try:
+    with reader(target) as con:
         return con.execute(sql, params or []).fetchdf()
-    finally:
-        con.close()
 
 
-def row_counts(path: Path) -> dict[str, int]:
-    con = connect(path, read_only=True)
-    try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine")}
-    finally:
-        con.close()
+def row_counts(target) -> dict[str, int]:
+    with reader(target) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+def compact(target) -> None:
+    """Merge the small Parquet files that per-media loads leave, and delete the ones no snapshot needs."""
+    with writer(target) as con:
+        _retrying(lambda: con.execute("CALL ducklake_merge_adjacent_files('lake')"))

@@ -1,12 +1,21 @@
-"""What every stage task shares: settings, the stop check, the run-key cache, and the retry rule."""
+"""What every stage task shares: settings, the stop check, the run-key cache, and the retry rules."""
 
 from __future__ import annotations
 
 from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
 
 from scribeline import stopping
 from scribeline.config import Settings
 from scribeline.stages import StageError
+
+
+# Transient faults (S3 unreachable, warehouse busy) are retried with exponential backoff and
+# jitter: 4, 8, 16, 32 s (each ±50 %), about a minute in all, enough to ride out an object
+# store restarting; then the media is quarantined with its attempts counted.
+TRANSIENT_RETRIES = 4
+TRANSIENT_DELAYS = exponential_backoff(backoff_factor=4)
+JITTER = 0.5
 
 
 def settings() -> Settings:
@@ -45,3 +54,10 @@ def retry_unless_bad_media(task, task_run, state) -> bool:
 def attempts() -> int:
     ctx = TaskRunContext.get()
     return ctx.task_run.run_count if ctx else 1
+
+
+def run_info() -> dict:
+    """The flow run this task serves, for the ledger: its id and how many times it has run."""
+    from prefect.runtime import flow_run
+
+    return {"flow_run_id": flow_run.id, "attempts": flow_run.run_count or 1}

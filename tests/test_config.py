@@ -14,7 +14,26 @@ def test_environment_sets_every_field(tmp_path):
     assert (s.model, s.endpoint, s.s3_secure, s.batch_size) == ("base", "minio:9000", True, 16)
     assert s.pii_entities == ("PERSON", "EMAIL_ADDRESS")
     assert s.credentials() == ("ak", "sk") and not s.embedded
-    assert s.warehouse == tmp_path / "warehouse.duckdb"
+    assert s.warehouse.catalog_file == tmp_path / "warehouse" / "lake.sqlite"
+    assert s.warehouse.data_path == f"{tmp_path}/warehouse/lake-data/"
+
+
+def test_a_postgres_catalog_with_data_on_s3_keeps_its_secrets_out_of_sight(tmp_path):
+    s = Settings.from_env({
+        "SCRIBELINE_DATA_DIR": str(tmp_path), "SCRIBELINE_S3_ENDPOINT": "minio:9000", "SCRIBELINE_S3_ACCESS_KEY": "ak",
+        "SCRIBELINE_S3_SECRET_KEY": "s3-secret-value", "SCRIBELINE_WAREHOUSE_DATA": "s3://scribeline-lake/",
+        "SCRIBELINE_WAREHOUSE_CATALOG": "postgres:dbname=lake host=db user=scribeline password=pg-secret-value",
+    })
+    lake = s.warehouse
+    assert lake.catalog_file is None and lake.data_path == "s3://scribeline-lake/" and lake.s3[1:3] == ("ak", "s3-secret-value")
+    for shown in (str(lake), repr(lake)):  # what logs and `scribeline status` print
+        assert "secret-value" not in shown and "dbname=lake host=db" in shown
+
+
+def test_a_postgres_catalog_needs_a_data_path(tmp_path):
+    s = Settings.from_env({"SCRIBELINE_DATA_DIR": str(tmp_path), "SCRIBELINE_WAREHOUSE_CATALOG": "postgres:dbname=lake"})
+    with pytest.raises(ValueError, match="SCRIBELINE_WAREHOUSE_DATA"):
+        s.warehouse
 
 
 def test_a_config_file_gives_defaults_and_the_environment_wins(tmp_path):

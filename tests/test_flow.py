@@ -64,14 +64,28 @@ def test_no_unredacted_pii_anywhere_in_the_warehouse(first_run):
 def test_quarantine_record_explains_and_media_is_kept(first_run):
     settings, _ = first_run
     records = storage.list_keys(settings, settings.bucket_quarantine, "records/")
-    assert len(records) == 1 and records[0].endswith("not_audio.mp3.json")
+    assert len(records) == 1  # named by the content's hash: the same bytes again add no record
     record = storage.get_json(settings, settings.bucket_quarantine, records[0])
+    assert records[0] == f"records/{record['sha256'][:16]}.json"
     assert record["stage"] == "normalize" and record["attempts"] == 1
     assert "not a media file" in record["error"]
     assert record["source"] == f"s3://{settings.bucket_incoming}/calls/not_audio.mp3"
     kept = storage.list_keys(settings, settings.bucket_quarantine, "media/")
     assert len(kept) == 1 and kept[0].endswith("calls/not_audio.mp3")
     assert warehouse.query(settings.warehouse, "select stage from quarantine")["stage"].tolist() == ["normalize"]
+    ledger = warehouse.query(settings.warehouse, "select key, state, stage, quarantine_key from ledger where state = 'quarantined'")
+    assert ledger.to_dict("records") == [{"key": "calls/not_audio.mp3", "state": "quarantined", "stage": "normalize",
+                                          "quarantine_key": records[0]}]
+
+
+def test_every_object_has_one_terminal_state_in_the_ledger(first_run):
+    settings, _ = first_run
+    ledger = warehouse.query(settings.warehouse, "select key, state, media_id, flow_run_id from ledger order by key")
+    assert ledger["key"].tolist() == ["calls/en_jfk.flac", "calls/not_audio.mp3", "calls/support call.wav"]
+    assert set(ledger["state"]) <= {"processed", "needs_review", "quarantined"}
+    assert ledger["flow_run_id"].notna().all()
+    media = set(warehouse.query(settings.warehouse, "select media_id from media")["media_id"])
+    assert set(ledger.loc[ledger["state"] != "quarantined", "media_id"]) == media
 
 
 def test_incoming_is_emptied_only_into_processed_or_quarantine(first_run):
@@ -90,7 +104,11 @@ def test_running_again_on_the_same_media_adds_no_rows(first_run, media_dir):
     outcomes = process_incoming()
     assert [o["state"] for o in outcomes] == ["processed"]
     assert "nothing added" in outcomes[0]["note"]
-    assert warehouse.row_counts(settings.warehouse) == before
+    after = warehouse.row_counts(settings.warehouse)
+    assert after == {**before, "ledger": before["ledger"] + 1}  # the second name is in the ledger, once
+    names = warehouse.query(settings.warehouse, "select key from ledger where media_id = "
+                                                "(select media_id from ledger where key = 'calls/en_jfk.flac') order by key")
+    assert names["key"].tolist() == ["again/en_jfk.flac", "calls/en_jfk.flac"]
 
 
 def test_a_transient_load_failure_is_retried(first_run, media_dir, monkeypatch):
@@ -110,3 +128,23 @@ def test_a_transient_load_failure_is_retried(first_run, media_dir, monkeypatch):
     outcomes = process_incoming()
     assert [o["state"] for o in outcomes] == ["processed"] and len(calls) == 2
     assert warehouse.query(settings.warehouse, "select count(*) n from media where source_key like 'retry/%'")["n"][0] == 1
+
+
+def test_the_same_bad_bytes_again_add_no_quarantine_record(first_run, tmp_path):
+    from flows.process_incoming import process_incoming
+
+    settings, _ = first_run
+    records = storage.list_keys(settings, settings.bucket_quarantine, "records/")
+    bad = tmp_path / "not_audio.mp3"
+    storage.get_file(settings, storage.ObjectRef(settings.bucket_quarantine,
+                                                 storage.list_keys(settings, settings.bucket_quarantine, "media/")[0]), bad)
+    storage.upload_file(settings, bad, key="calls/not_audio.mp3")  # the same name and bytes: a new upload
+    storage.upload_file(settings, bad, key="elsewhere/renamed.wav")  # the same bytes under another name
+    outcomes = process_incoming()
+    assert sorted((o["key"], o["state"]) for o in outcomes) == [
+        ("calls/not_audio.mp3", "finished"), ("elsewhere/renamed.wav", "quarantined")]
+    assert storage.list_keys(settings, settings.bucket_quarantine, "records/") == records
+    assert warehouse.query(settings.warehouse, "select count(*) n from quarantine")["n"][0] == 1
+    ledger = warehouse.query(settings.warehouse, "select key from ledger where state = 'quarantined' order by key")
+    assert ledger["key"].tolist() == ["calls/not_audio.mp3", "elsewhere/renamed.wav"]
+    assert storage.list_waiting(settings) == []

@@ -25,7 +25,7 @@ def _rows(media_id="m1"):
 
 
 def test_loading_the_same_media_twice_adds_nothing(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     assert warehouse.load(path, *_rows()) is True
     before = warehouse.row_counts(path)
     assert warehouse.load(path, *_rows()) is False
@@ -34,7 +34,7 @@ def test_loading_the_same_media_twice_adds_nothing(tmp_path):
 
 
 def test_the_flow_learns_in_one_query_which_media_are_already_loaded(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     assert warehouse.contained(path, ["m1"]) == set()  # no warehouse yet
     warehouse.load(path, *_rows("m1"))
     warehouse.load(path, *_rows("m3"))
@@ -44,7 +44,7 @@ def test_the_flow_learns_in_one_query_which_media_are_already_loaded(tmp_path):
 
 
 def test_media_loaded_together_keep_their_own_transactions(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     bad_row, bad_tables = _rows("m2")
     bad_tables["words"] = pd.concat([bad_tables["words"], bad_tables["words"]])  # duplicate primary key
     warehouse.load(path, *_rows("m0"))
@@ -58,7 +58,7 @@ def test_media_loaded_together_keep_their_own_transactions(tmp_path):
 
 def test_media_loaded_together_in_one_round_are_each_added_once(tmp_path):
     # The usual round: every media new but one, and one media twice (two uploads of the same file).
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     warehouse.load(path, *_rows("m0"))
     first, again = _rows("m1"), _rows("m1")
     without_words = _rows("m4")
@@ -73,7 +73,7 @@ def test_media_loaded_together_in_one_round_are_each_added_once(tmp_path):
 
 
 def test_transcripts_view_joins_segments_in_time_order(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     warehouse.load(path, *_rows())
     df = warehouse.query(path, "select * from transcripts")
     assert list(df.columns) == ["media_id", "source_object", "language", "duration_s", "needs_review", "text"]
@@ -82,9 +82,9 @@ def test_transcripts_view_joins_segments_in_time_order(tmp_path):
 
 
 def test_a_warehouse_made_before_the_review_columns_gets_them(tmp_path):
-    path = tmp_path / "old.duckdb"
+    path = tmp_path / "old.sqlite"
     old_schema = warehouse.SCHEMA.replace("    needs_review        BOOLEAN,", "").replace("    review_reasons      VARCHAR,", "")
-    con = duckdb.connect(str(path))
+    con = warehouse.connect(path)
     con.execute(old_schema.split("-- Warehouses made before")[0])
     con.close()
     row, tables = _rows()
@@ -94,7 +94,7 @@ def test_a_warehouse_made_before_the_review_columns_gets_them(tmp_path):
 
 
 def test_queries_cannot_write(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     warehouse.load(path, *_rows())
     with pytest.raises(duckdb.Error):
         warehouse.query(path, "delete from media")
@@ -102,7 +102,7 @@ def test_queries_cannot_write(tmp_path):
 
 
 def test_a_failed_load_leaves_no_partial_rows(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     row, tables = _rows()
     tables["words"] = pd.concat([tables["words"], tables["words"]])  # duplicate primary key
     with pytest.raises(duckdb.Error):
@@ -111,7 +111,7 @@ def test_a_failed_load_leaves_no_partial_rows(tmp_path):
 
 
 def test_export_formats(tmp_path):
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "w.sqlite"
     warehouse.load(path, *_rows("abcdef123"))
     stored = export.fetch(path, "abcdef")  # a unique prefix is enough
     srt = export.get_writer("srt").render(stored)

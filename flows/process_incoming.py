@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
+from prefect.futures import PrefectConcurrentFuture
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -67,6 +68,32 @@ class _Media:
         return self.results.get("ingest", {}).get("run_key")
 
 
+class StageWorkerSilent(RuntimeError):
+    """A stage handed to the stage worker did not end in time: the worker is lost or overloaded.
+    Not the media's fault: the run fails, the object stays in the bucket for the sweep's next attempt."""
+
+
+def _wait(fut, settings: Settings, m: _Media, stage: str) -> None:
+    if not settings.stage_workers or not hasattr(fut, "task_run_id") or isinstance(fut, PrefectConcurrentFuture):
+        fut.wait()
+        return
+    limit = settings.stage_wait_s or 2 * stages.stage_timeout(settings, stage, m.ref.size,
+                                                              m.results.get("segment", {}).get("duration_s"))
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            fut.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            break
+        except RuntimeError:  # "has no state": the task run was created, its first state not yet written
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    state = fut.state
+    if state is None or not state.is_final():
+        raise StageWorkerSilent(f"{stage} of {m.ref.key} was handed to the stage worker and did not end within "
+                                f"{limit:.0f} s (state {state.name if state else 'not started'})")
+
+
 def _attempts(future) -> int:
     try:
         from prefect import get_client
@@ -100,7 +127,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
             futures.append((m, name, m.futures[name]))
     failures: dict[int, tuple] = {}
     for m, name, fut in futures:
-        fut.wait()
+        _wait(fut, settings, m, name)
         if fut.state.is_completed():
             m.results[name] = fut.result()
             continue
@@ -158,9 +185,10 @@ def _media_run_name() -> str:
 
 @flow(name="scribeline-process-media", task_runner=ThreadPoolTaskRunner(max_workers=16),
       flow_run_name=_media_run_name, validate_parameters=True)
-def process_media(objects: list[dict]) -> list[dict]:
+def process_media(objects: list[dict], attempt: int = 1) -> list[dict]:
     """One object (or a small batch) of the incoming bucket, as started by the sweep under the
-    object version's idempotency key. ``objects``: ``{"bucket", "key", "etag", "size"}`` each.
+    object version's idempotency key. ``objects``: ``{"bucket", "key", "etag", "size"}`` each;
+    ``attempt``: how many runs the sweep has started for them (the ledger records it).
 
     An object no longer in the incoming bucket was finished by another run: nothing to do."""
     with _stop_when_cancelled(), _stop_tasks_when_interrupted():
@@ -194,13 +222,11 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
     _finish_ledgered(items, settings)
-    if any(m.live for m in items):
+    if any(m.live for m in items) and not settings.stage_workers:
         # A model that cannot load is the worker's fault, not the media's: fail the run
         # here, with every object still in the incoming bucket, instead of quarantining them.
-        if settings.stage_workers:
-            load_model.delay().result()
-        else:
-            load_model()
+        # (A stage worker loads its model before it serves anything.)
+        load_model()
 
     _wave({"ingest": lambda m, n: ingest.submit(m.ref)}, items, settings)
     loaded = stages.already_loaded(settings, [m.run_key for m in items if m.live])

@@ -26,8 +26,9 @@ from prefect import flow, get_client, get_run_logger
 from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed
 
-from scribeline import storage
+from scribeline import stages, storage
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import list_incoming
@@ -70,6 +71,23 @@ def _runs_in_flight(client, deployment_id) -> int:
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_LIVE))))
 
 
+def _lost(client, settings: Settings, run, batch: list[ObjectRef]) -> bool:
+    """A run RUNNING past its lease lost its process (a worker killed with it, a machine gone):
+    it is marked Crashed so that the object gets its next attempt. Waiting runs (Scheduled,
+    AwaitingConcurrencySlot) are never expired: they wait for a slot, which is backpressure."""
+    if run.state.type != StateType.RUNNING or run.start_time is None:
+        return False
+    lease = stages.run_lease(settings, sum(r.size for r in batch))
+    age = (dt.datetime.now(dt.timezone.utc) - run.start_time).total_seconds()
+    if age < lease:
+        return False
+    client.set_flow_run_state(run.id, Crashed(message=f"no end after {age:.0f} s (lease {lease:.0f} s): taken for lost "
+                                                      f"by the sweep; the object gets its next attempt"), force=True)
+    run.state = client.read_flow_run(run.id).state
+    get_run_logger().warning("flow run %s RUNNING for %.0f s, past its lease: marked Crashed", run.name, age)
+    return True
+
+
 def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], may_start: bool) -> str:
     """Start (or find) the batch's run: "started", "in_flight", "waiting" (no room) or "dead_lettered"."""
     ended = []
@@ -78,7 +96,7 @@ def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], ma
         existing = client.read_flow_runs(flow_run_filter=FlowRunFilter(idempotency_key={"any_": [key]}), limit=1)
         if existing:
             run = existing[0]
-            if run.state is None or not run.state.is_final():
+            if run.state is None or (not run.state.is_final() and not _lost(client, settings, run, batch)):
                 return "in_flight"
             ended.append(f"{run.name}: {run.state.name}")
             continue  # that run ended and the object is still waiting: the next attempt
@@ -86,7 +104,8 @@ def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], ma
             return "waiting"
         client.create_flow_run_from_deployment(
             deployment_id, idempotency_key=key, tags=["scribeline", f"attempt-{attempt}"],
-            parameters={"objects": [{"bucket": r.bucket, "key": r.key, "etag": r.etag, "size": r.size} for r in batch]})
+            parameters={"objects": [{"bucket": r.bucket, "key": r.key, "etag": r.etag, "size": r.size} for r in batch],
+                        "attempt": attempt})
         return "started"
     for ref in batch:
         quarantine(ref, "orchestration", f"{len(ended)} flow runs ended without finishing it ({'; '.join(ended)})",

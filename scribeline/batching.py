@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
 from scribeline.model_thread import submit_on_model_thread
-from scribeline.transcription import AudioJob, Transcriber, Transcript
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model's libraries load only where a transcriber is made
+    from scribeline.transcription import AudioJob, Transcriber, Transcript
 
 T = TypeVar("T")
 R = TypeVar("R")

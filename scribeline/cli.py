@@ -52,7 +52,7 @@ def cmd_up(settings: Settings, args) -> int:
             from scribeline import runtime
 
             os.environ.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{settings.prefect_port}/api")
-            runtime.deploy(settings)
+            runtime.deploy(settings, only_missing=True)
             svc = services.start_worker(settings, runtime.POOLS)
             con.print(f"Workers         pools {', '.join(runtime.POOLS)} + the stage worker (log {svc.log_file})")
             con.print("Deployments     scribeline-sweep/sweep (every minute), scribeline-process-media/process-media")

@@ -124,6 +124,12 @@ class Settings:
     max_runs_in_flight: int = 16  # per-media flow runs a sweep lets wait or run at once (backpressure)
     max_objects_per_run: int = 1  # objects one per-media flow run takes
     sweep_deployment: str = "scribeline-process-media/process-media"
+    # A stage handed to the stage worker that has not ended after this long fails its flow run
+    # (the worker is lost); 0: twice the stage's timeout. A run RUNNING longer than the lease is
+    # taken for lost by the sweep (its machine died with it) and the object gets its next attempt;
+    # 0: the sum of the stages' timeouts for the object's size.
+    stage_wait_s: float = 0.0
+    run_lease_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

@@ -94,8 +94,15 @@ def _analyzer_process(broken: ProcessPoolExecutor | None = None) -> ProcessPoolE
         if _process is None or _process is broken:
             # spawn, not fork: the worker runs threads (Prefect's, the model's), and a forked
             # copy of a process with threads can inherit a lock held mid-operation.
-            _process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=analyzer)
+            _process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_in_child)
         return _process
+
+
+def _start_in_child() -> None:
+    from scribeline.procs import die_with_parent
+
+    die_with_parent()  # a worker killed outright takes its analyzer with it
+    analyzer()
 
 
 def start_analyzer() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from scribeline.pii import Region, find_pii
-from scribeline.transcription import Segment, Transcript, Word
+from scribeline.transcript import Segment, Transcript, Word
 
 
 @dataclass

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from scribeline.config import Settings
@@ -28,23 +29,65 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return {"SCRIBELINE_CHECKOUT": str(ROOT), "SCRIBELINE_DATA_DIR": str(settings.data_dir)}
 
 
-def deploy(settings: Settings, pools: tuple[str, ...] = POOLS) -> None:
-    from deployments.deploy import deploy_all
+def deploy(settings: Settings, pools: tuple[str, ...] = POOLS, only_missing: bool = False) -> bool:
+    """Buckets, pools and deployments; with ``only_missing``, nothing if the deployments exist
+    (`scribeline up` run again: `prefect deploy` costs seconds of CPU). True if it deployed."""
+    from deployments.deploy import DEPLOYMENTS, deploy_all
     from scribeline import storage
 
     storage.ensure_buckets(settings)
     os.environ.update(worker_env(settings))
+    if only_missing and _deployed([f"{FLOWS[name]}/{name}" for pool in pools for name in DEPLOYMENTS[pool]]):
+        return False
     deploy_all(pools)
+    return True
+
+
+FLOWS = {"sweep": "scribeline-sweep", "process-media": "scribeline-process-media"}
+
+
+def _deployed(names: list[str]) -> bool:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            for name in names:
+                client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
 
 
 def worker(settings: Settings, pools: list[str], stage_limit: int = 16, stages: bool = True) -> int:
-    """Serve the pools' flow runs (a `prefect worker` per pool) and the heavy stages, until stopped."""
+    """Serve the pools' flow runs (a `prefect worker` per pool, restarted if it ends) and the heavy
+    stages in this process, until stopped."""
     env = {**os.environ, **worker_env(settings)}
-    procs = [subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-                              env=env, cwd=ROOT) for pool in pools]
+    stopping = threading.Event()
+
+    def start(pool: str) -> subprocess.Popen:
+        from scribeline.procs import die_with_parent
+
+        # Each pool's worker and its flow runs in a session of their own (a signal to their process
+        # group never reaches the stage worker's model), ending with this process (no orphans).
+        return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                                env=env, cwd=ROOT, start_new_session=True, preexec_fn=die_with_parent)
+
+    procs = {pool: start(pool) for pool in pools}
+
+    def supervise() -> None:
+        while not stopping.wait(2.0):
+            for pool, proc in list(procs.items()):
+                if proc.poll() is not None:
+                    print(f"scribeline worker: the {pool} worker ended ({proc.returncode}); starting it again", flush=True)
+                    procs[pool] = start(pool)
+
+    threading.Thread(target=supervise, name="scribeline-pool-supervisor", daemon=True).start()
 
     def stop(signum, frame):
-        for p in procs:
+        print(f"scribeline worker: {signal.Signals(signum).name} received; stopping", flush=True)
+        stopping.set()
+        for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         raise SystemExit(128 + signum)
@@ -54,13 +97,13 @@ def worker(settings: Settings, pools: list[str], stage_limit: int = 16, stages: 
         if stages:
             serve_stages(settings, stage_limit)
         else:
-            for p in procs:
-                p.wait()
+            stopping.wait()
     finally:
-        for p in procs:
+        stopping.set()
+        for p in procs.values():
             if p.poll() is None:
                 p.terminate()
-        for p in procs:
+        for p in procs.values():
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:

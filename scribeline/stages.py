@@ -21,12 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from scribeline import media, redaction, segmentation, storage, validation, warehouse
+from scribeline import media, segmentation, storage, warehouse
 from scribeline.batching import Coalescer, queue_for
 from scribeline.config import PIPELINE_VERSION, Settings
 from scribeline.model_thread import cpu_threads
 from scribeline.storage import ObjectRef
-from scribeline.transcription import AudioJob, TranscribeOptions, Transcript, transcriber_for
+from scribeline.transcript import TranscribeOptions, Transcript
+
+# The model's, Presidio's and Great Expectations' libraries load where those stages run (the
+# stage worker, or `scribeline run`'s process), not in every per-media flow run.
 
 
 class StageError(Exception):
@@ -171,6 +174,8 @@ def segment(settings: Settings, run_key: str, normalized: dict) -> dict:
 # --------------------------------------------------------------- transcribe
 @functools.lru_cache(maxsize=4)
 def _transcriber(model: str, device: str, options: TranscribeOptions, download_root: str, cpu_int8: bool):
+    from scribeline.transcription import transcriber_for
+
     return transcriber_for(model, device, options, download_root, cpu_int8)
 
 
@@ -193,8 +198,10 @@ def transcriber(settings: Settings):
 
 
 def audio_job(settings: Settings, audio, gain_db: float, windows: list[segmentation.Window], source_sample_rate: int,
-              channel: int | None = None) -> AudioJob:
-    """One track's windows for the transcriber, read with the track's gain."""
+              channel: int | None = None):
+    """One track's windows for the transcriber (an ``AudioJob``), read with the track's gain."""
+    from scribeline.transcription import AudioJob
+
     return AudioJob(read=lambda s, e: media.read_samples(audio, s, e, gain_db), windows=windows, channel=channel,
                     beam_size=settings.beam_for(source_sample_rate))
 
@@ -228,7 +235,13 @@ def transcribe(settings: Settings, run_key: str, segmented: dict, wave_size: int
 # ----------------------------------------------------------------- validate
 # A Great Expectations run costs about the same for one media as for a wave of them:
 # concurrent validate tasks are served together.
-_validations = Coalescer(validation.validate_many, quiet_s=0.05, max_wait_s=0.5)
+def _validate_many(items):
+    from scribeline import validation
+
+    return validation.validate_many(items)
+
+
+_validations = Coalescer(_validate_many, quiet_s=0.05, max_wait_s=0.5)
 
 
 def validate(settings: Settings, transcript: dict, duration_s: float, wave_size: int = 0) -> dict:
@@ -246,6 +259,8 @@ def validate(settings: Settings, transcript: dict, duration_s: float, wave_size:
 
 # ------------------------------------------------------------------- redact
 def redact(settings: Settings, transcript: dict) -> dict:
+    from scribeline import redaction
+
     result = redaction.redact(Transcript.from_dict(transcript), settings.pii_entities, settings.pii_score_threshold)
     return {"transcript": result.transcript.as_dict(), "entities": [e.__dict__ for e in result.entities]}
 
@@ -349,6 +364,13 @@ def stage_timeout(settings: Settings, stage: str, size_bytes: int, duration_s: f
         return _TIMEOUT_FIXED_S + _TIMEOUT_PER_MB_S * size_bytes / 1e6
     factor = max(_TIMEOUT_PER_MEDIA_S.get(stage, 1.0), settings.decode_budget_factor * 2 if stage == "transcribe" else 0)
     return _TIMEOUT_FIXED_S + factor * duration_s
+
+
+def run_lease(settings: Settings, size_bytes: int) -> float:
+    """How long a per-media flow run may be RUNNING before the sweep takes it for lost."""
+    if settings.run_lease_s:
+        return settings.run_lease_s
+    return sum(stage_timeout(settings, stage, size_bytes, None) for stage in _TIMEOUT_PER_MEDIA_S) + _TIMEOUT_FIXED_S
 
 
 # ------------------------------------------------------------------ outcome

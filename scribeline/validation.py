@@ -24,7 +24,7 @@ import pandas as pd
 
 from scribeline import guards
 from scribeline.config import DEFAULT_CRITICAL_EXPECTATIONS
-from scribeline.transcription import Transcript
+from scribeline.transcript import Transcript
 
 _lock = threading.Lock()
 

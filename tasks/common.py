@@ -60,4 +60,6 @@ def run_info() -> dict:
     """The flow run this task serves, for the ledger: its id and how many times it has run."""
     from prefect.runtime import flow_run
 
-    return {"flow_run_id": flow_run.id, "attempts": flow_run.run_count or 1}
+    # A per-media run's attempt (the sweep's: a lost run's object gets another), else Prefect's count.
+    attempt = (flow_run.parameters or {}).get("attempt") or flow_run.run_count or 1
+    return {"flow_run_id": flow_run.id, "attempts": attempt}

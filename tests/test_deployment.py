@@ -1,15 +1,21 @@
-"""The operator's path: `scribeline up`, deploy to a work pool, a scheduled run picked up by a worker."""
+"""The production runtime on real processes: `scribeline up` (S3 server, Prefect server, workers for
+both pools and the stage worker), the scheduled sweep's per-media runs, and exactly-once under faults."""
 
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from scribeline import services, storage, warehouse
+from scribeline.config import Settings
 from tests.conftest import ROOT, free_s3_port, niceness
 
 
@@ -19,29 +25,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli(env, *args, timeout=300, check=True):
+    result = subprocess.run([sys.executable, "-m", "scribeline.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    assert not check or result.returncode == 0, (args, result.stdout[-3000:], result.stderr[-3000:])
+    return result
+
+
 @pytest.fixture(scope="module")
-def services(tmp_path_factory):
+def stack(tmp_path_factory):
     data = tmp_path_factory.mktemp("ops")
     env = dict(os.environ)
     for k in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_API_URL"):
         env.pop(k, None)
     env.update(SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_EMBEDDED_S3_PORT=str(free_s3_port()),
-               SCRIBELINE_PREFECT_PORT=str(_free_port()))
-    up = subprocess.run([sys.executable, "-m", "scribeline.cli", "up"], env=env, capture_output=True, text=True, timeout=300)
-    assert up.returncode == 0, up.stderr
+               SCRIBELINE_PREFECT_PORT=str(_free_port()),
+               # Faults are injected below: a lost stage worker fails its runs after 60 s (not twice a
+               # stage's timeout), and a run RUNNING for 4 minutes is taken for lost.
+               SCRIBELINE_STAGE_WAIT_S="60", SCRIBELINE_RUN_LEASE_S="240", SCRIBELINE_MAX_RUNS_IN_FLIGHT="64")
+    up = cli(env, "up")
     env.update(PREFECT_API_URL=f"http://127.0.0.1:{env['SCRIBELINE_PREFECT_PORT']}/api", PREFECT_HOME=str(data / "prefect"))
-    yield env, up.stdout
-    subprocess.run([sys.executable, "-m", "scribeline.cli", "down"], env=env, capture_output=True, timeout=120)
+    yield env, up.stdout, Settings.from_env(env)
+    cli(env, "down", check=False)
 
 
-def run(env, *cmd, timeout=300):
-    result = subprocess.run(list(cmd), env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (cmd, result.stdout[-2000:], result.stderr[-2000:])
-    return result
-
-
-def test_up_serves_the_prefect_ui_and_api(services):
-    env, stdout = services
+def test_up_serves_the_prefect_ui_and_api(stack):
+    env, stdout, _ = stack
     port = env["SCRIBELINE_PREFECT_PORT"]
     assert f"http://127.0.0.1:{port}" in stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as r:
@@ -50,27 +59,186 @@ def test_up_serves_the_prefect_ui_and_api(services):
         assert "<html" in r.read().decode(errors="replace").lower()
 
 
-def test_up_runs_both_servers_at_the_lowest_priority(services):
+def test_up_runs_both_servers_at_the_lowest_priority(stack):
     """Beside the model they take a core only when it is free (README: the pipeline's waves)."""
-    env, _ = services
+    env, _, _ = stack
     run_dir = Path(env["SCRIBELINE_DATA_DIR"]) / "run"
     for name in ("s3", "prefect"):
         threads = niceness(int((run_dir / f"{name}.pid").read_text()))
         assert threads and set(threads) == {19}, (name, threads)
 
 
-def test_a_deployment_run_is_executed_by_a_worker(services, media_dir):
-    env, _ = services
-    cli = [sys.executable, "-m", "scribeline.cli"]
-    prefect = [sys.executable, "-m", "prefect"]
-    run(env, sys.executable, "deployments/deploy.py", "--pool", "scribeline-cpu")
-    run(env, *cli, "submit", str(media_dir / "en_harvard_birch_canoe.wav"))
-    run(env, *prefect, "deployment", "run", "scribeline-process-incoming/incoming-cpu")
-    run(env, *prefect, "worker", "start", "--pool", "scribeline-cpu", "--run-once", timeout=600)
-    rows = json.loads(run(env, *cli, "query", "select source_object, text from transcripts", "--json").stdout)
+def _api(env, path, body=None):
+    req = urllib.request.Request(env["PREFECT_API_URL"] + path, data=json.dumps(body or {}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+def sweep(env) -> subprocess.Popen:
+    """Start the sweep deployment now (a worker of the CPU pool runs it), as an operator's button would."""
+    return subprocess.Popen([sys.executable, "-m", "prefect", "deployment", "run", "scribeline-sweep/sweep"], env=env,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def ledger(settings):
+    return warehouse.query(settings.warehouse, "SELECT * FROM ledger") if settings.warehouse.exists() else None
+
+
+def wait_for(predicate, timeout: float, every: float = 2.0, on_wait=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if on_wait:
+            on_wait()
+        time.sleep(every)
+    return False
+
+
+def test_a_short_file_goes_through_the_deployments(stack, media_dir):
+    env, _, settings = stack
+    cli(env, "submit", str(media_dir / "en_harvard_birch_canoe.wav"))
+    sweep(env).wait(60)
+
+    def done():
+        rows = ledger(settings)
+        return rows is not None and "en_harvard_birch_canoe.wav" in set(rows["key"])
+
+    assert wait_for(done, 300), Path(env["SCRIBELINE_DATA_DIR"], "run", "worker.log").read_text()[-4000:]
+    rows = json.loads(cli(env, "query", "select source_object, text from transcripts", "--json").stdout)
     assert [r["source_object"] for r in rows] == ["s3://scribeline-incoming/en_harvard_birch_canoe.wav"]
     assert "canoe" in rows[0]["text"].lower()
-    runs = json.loads(urllib.request.urlopen(urllib.request.Request(
-        env["PREFECT_API_URL"] + "/flow_runs/filter", data=b"{}", headers={"Content-Type": "application/json"}),
-        timeout=10).read())
-    assert any(r["state_type"] == "COMPLETED" and r["name"].startswith("incoming-") for r in runs)
+    runs = _api(env, "/flow_runs/filter")
+    names = {r["name"]: r["state_type"] for r in runs if r["state_type"] == "COMPLETED"}
+    assert "media-en_harvard_birch_canoe.wav" in names and any(n.startswith("sweep-") for n in names)
+    # The transcription ran on the stage worker (its model stays loaded), not in the flow run's process.
+    log = Path(env["SCRIBELINE_DATA_DIR"], "run", "worker.log").read_text()
+    assert "Subscribing to runs of task(s)" in log and "transcribe" in log
+    status = json.loads(cli(env, "status").stdout)
+    assert status["ledger"] == {"processed": 1} and status["workers_running"]
+
+
+# --------------------------------------------------------------- faults
+ANALYST = """
+import sys, time, pathlib
+from scribeline import warehouse
+lake, errors, stop = warehouse.Lake.of(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+polls = 0
+while not stop.exists():
+    try:
+        warehouse.query(lake, "SELECT count(*) FROM ledger")
+        warehouse.query(lake, "SELECT media_id, length(text) FROM transcripts")
+        polls += 1
+    except Exception as exc:
+        with open(errors, "a") as fh:
+            fh.write(f"{type(exc).__name__}: {exc}\\n")
+    time.sleep(0.5)
+print(polls)
+"""
+
+
+def _objects(media_dir: Path, tmp: Path) -> tuple[dict[str, Path], set[str]]:
+    """50 objects: 12 distinct recordings, 28 copies of them under other names, 10 malformed."""
+    sources = ["en_harvard_birch_canoe.wav", "en_timit_ldc93s1.wav", "en_ls_1272-128104-0000.wav", "en_jfk.flac",
+               "de_leopard_test.wav", "en_stereo_overlap_2spk.wav"]
+    distinct = []
+    for name in sources:
+        distinct.append(media_dir / name)
+        other = tmp / (Path(name).stem + ".ogg")  # the same speech, other bytes
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(media_dir / name), "-c:a", "libopus", "-b:a", "24k",
+                        str(other)], check=True)
+        distinct.append(other)
+    objects = {f"distinct/{i:02d}-{p.name}": p for i, p in enumerate(distinct)}
+    rng = random.Random(7)
+    for i in range(28):
+        p = rng.choice(distinct)
+        objects[f"copies/{i:02d} copy of {p.name}"] = p
+    bad = tmp / "bad"
+    bad.mkdir()
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "truncated.flac").write_bytes((media_dir / "en_jfk.flac").read_bytes()[:3000])
+    (bad / "notes.mp3").write_text("these are meeting notes, not audio\n" * 20)
+    (bad / "random.m4a").write_bytes(random.Random(3).randbytes(40_000))
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=blue:s=64x64:d=2", "-an",
+                    str(bad / "silent_video.mp4")], check=True)
+    malformed = set()
+    for p in sorted(bad.iterdir()):
+        for where in ("uploads", "again"):  # each malformed content twice, under two names
+            key = f"{where}/{p.name}"
+            objects[key] = p
+            malformed.add(key)
+    assert len(objects) == 50
+    return objects, malformed
+
+
+def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_path):
+    """50 objects through the deployments while the stage worker is SIGKILLed mid-run, the S3 server
+    is down for 30 s and two sweeps start at once; an analyst polls the warehouse all along."""
+    env, _, settings = stack
+    objects, malformed = _objects(media_dir, tmp_path)
+    before = ledger(settings)
+    done_before = 0 if before is None else len(before)
+    for key, path in objects.items():
+        storage.upload_file(settings, path, key=key)
+    errors, stop = tmp_path / "analyst-errors.txt", tmp_path / "stop"
+    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, str(settings.warehouse.catalog_file), str(errors), str(stop)],
+                               env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        first, second = sweep(env), sweep(env)  # two sweeps at once
+        first.wait(60), second.wait(60)
+        # Kill the stage worker (the process that holds the model) once media are in transcription.
+        run_dir = Path(env["SCRIBELINE_DATA_DIR"]) / "run"
+        log_before = (run_dir / "worker.log").read_text().count("Task run 'transcribe")
+        assert wait_for(lambda: (run_dir / "worker.log").read_text().count("Task run 'transcribe") > log_before, 300, 0.5)
+        os.kill(int((run_dir / "worker.pid").read_text()), signal.SIGKILL)
+        cli(env, "up")  # restarts what is down: the workers
+        # The S3 server goes away for 30 s.
+        services.stop(services.s3_service(settings))
+        time.sleep(30)
+        cli(env, "up")
+        ticks = {"n": 0}
+
+        def resweep():
+            ticks["n"] += 1
+            if ticks["n"] % 10 == 0:  # the schedule does this every minute; here every 20 s
+                sweep(env).wait(60)
+
+        def all_ended():
+            rows = ledger(settings)
+            return rows is not None and len(rows) - done_before >= len(objects) and not storage.list_waiting(settings)
+
+        ended = wait_for(all_ended, 1200, on_wait=resweep)
+    finally:
+        stop.touch()
+        polls = int(analyst.communicate(timeout=60)[0].strip() or 0)
+    log = (Path(env["SCRIBELINE_DATA_DIR"]) / "run" / "worker.log").read_text()
+    assert ended, log[-5000:]
+
+    # Objects in = terminal states out: one ledger row per object version, nothing left waiting.
+    rows = ledger(settings)
+    rows = rows[rows["key"].isin(objects)]
+    assert sorted(rows["key"]) == sorted(objects)
+    assert set(rows["state"]) <= {"processed", "needs_review", "quarantined"}
+    quarantined = set(rows.loc[rows["state"] == "quarantined", "key"])
+    assert quarantined == malformed, (quarantined ^ malformed, rows[rows["key"].isin(quarantined ^ malformed)].to_dict("records"))
+    # The same content under several names was transcribed once: one media per distinct content.
+    good = rows[rows["state"] != "quarantined"]
+    assert good["media_id"].nunique() == 12 and good["sha256"].nunique() == 12
+    # Zero duplicates in any table, and no half-loaded media.
+    keys = {"media": "media_id", "segments": "media_id, segment_index", "words": "media_id, segment_index, word_index",
+            "pii_entities": "media_id, entity_index", "quality_checks": "media_id, check_index",
+            "transcript_flags": "media_id, flag_index", "quarantine": "quarantine_key", "ledger": "bucket, key, etag"}
+    for table, key in keys.items():
+        dupes = warehouse.query(settings.warehouse, f"SELECT {key}, count(*) n FROM {table} GROUP BY ALL HAVING n > 1")
+        assert dupes.empty, (table, dupes.head().to_dict("records"))
+    half = warehouse.query(settings.warehouse, "SELECT m.media_id FROM media m LEFT JOIN segments s USING (media_id) "
+                                               "GROUP BY m.media_id, m.segment_count HAVING count(s.media_id) <> m.segment_count")
+    assert half.empty
+    # Every quarantine record is readable; the same bad bytes under two names are one record.
+    records = {k for k in rows.loc[rows["state"] == "quarantined", "quarantine_key"]}
+    assert len(records) == 5
+    for record_key in records:
+        record = storage.get_json(settings, settings.bucket_quarantine, record_key)
+        assert record["stage"] and record["error"] and record["source_key"] in malformed
+    # The analyst never saw an error.
+    assert polls > 20 and not errors.exists(), errors.read_text()[:2000] if errors.exists() else polls

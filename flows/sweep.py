@@ -22,13 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from prefect import flow, get_client, get_run_logger
+from prefect import flow, get_client, get_run_logger, task
 from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
-from scribeline import stages, storage
+from scribeline import stages, storage, warehouse
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import list_incoming
@@ -60,9 +60,18 @@ def sweep() -> dict:
             outcome = _start(client, settings, deployment.id, batch, room > 0)
             counts[outcome] += len(batch)
             room -= outcome == "started"
+    compact_warehouse()
     log.info("%(objects)d waiting: %(started)d runs started, %(in_flight)d already in flight, "
              "%(waiting)d left for the next sweep, %(dead_lettered)d quarantined after their runs ended", counts)
     return counts
+
+
+@task(name="compact-warehouse", retries=2, retry_delay_seconds=5)
+def compact_warehouse() -> None:
+    """Merges the small Parquet files that per-media loads leave (warehouse): readers' scans stay short."""
+    settings = Settings.from_env()
+    if settings.warehouse.exists():
+        warehouse.compact(settings.warehouse)
 
 
 def _runs_in_flight(client, deployment_id) -> int:

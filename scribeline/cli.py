@@ -251,8 +251,15 @@ def cmd_deploy(settings: Settings, args) -> int:
 
 
 def cmd_worker(settings: Settings, args) -> int:
+    import faulthandler
+
     from scribeline import runtime
 
+    faulthandler.enable()  # a crash in native code leaves its stack in the worker's log
+    if not args.once:
+        argv = [sys.executable, "-m", "scribeline.cli", "worker", "--once", "--limit", str(args.limit),
+                *[a for pool in args.pool or [] for a in ("--pool", pool)], *(["--no-stages"] if args.no_stages else [])]
+        return runtime.supervise(argv, settings.data_dir / "run" / "worker-process.pid")
     return runtime.worker(settings, args.pool or list(runtime.POOLS), args.limit, stages=not args.no_stages)
 
 
@@ -308,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pool", action="append", help="a work pool to serve (repeatable; default: both)")
     w.add_argument("--limit", type=int, default=16, help="stage task runs at once on this worker (their windows batch together)")
     w.add_argument("--no-stages", action="store_true", help="only the pools' flow runs (stages served elsewhere)")
+    w.add_argument("--once", action="store_true", help="no supervisor: do not start the worker again when it ends")
     return p
 
 

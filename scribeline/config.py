@@ -121,7 +121,7 @@ class Settings:
     # model, Presidio and Great Expectations loaded and batches the windows of every run in flight.
     # Per-media deployment runs set it; `scribeline run` loads them in its own process.
     stage_workers: bool = False
-    max_runs_in_flight: int = 16  # per-media flow runs a sweep lets wait or run at once (backpressure)
+    max_runs_in_flight: int = 8  # per-media flow runs a sweep lets wait or run at once (backpressure)
     max_objects_per_run: int = 1  # objects one per-media flow run takes
     sweep_deployment: str = "scribeline-process-media/process-media"
     # A stage handed to the stage worker that has not ended after this long fails its flow run

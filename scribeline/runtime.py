@@ -94,10 +94,14 @@ def worker(settings: Settings, pools: list[str], stage_limit: int = 16, stages: 
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        if stages:
+        while stages and not stopping.is_set():
             serve_stages(settings, stage_limit)
-        else:
-            stopping.wait()
+            # Prefect's task worker returns when its connection to the API ends (a server restart,
+            # an overloaded server): subscribe again; the engines stay loaded.
+            if not stopping.is_set():
+                print("scribeline worker: the stage worker's subscription ended; subscribing again", flush=True)
+                stopping.wait(1.0)
+        stopping.wait()
     finally:
         stopping.set()
         for p in procs.values():
@@ -109,6 +113,35 @@ def worker(settings: Settings, pools: list[str], stage_limit: int = 16, stages: 
             except subprocess.TimeoutExpired:
                 p.kill()
     return 0
+
+
+def supervise(argv: list[str], pid_file: Path | None = None) -> int:
+    """Run ``argv`` (the worker proper) and start it again whenever it ends, until stopped.
+
+    A worker lost to a crash, the OOM killer or an operator's kill -9 is back in seconds; its
+    flow runs' unanswered stages fail those runs and the sweep gives their objects another."""
+    from scribeline.procs import die_with_parent
+
+    stopping = threading.Event()
+    child: list[subprocess.Popen] = []
+
+    def stop(signum, frame):
+        stopping.set()
+        if child and child[0].poll() is None:
+            child[0].send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    rc = 0
+    while not stopping.is_set():
+        child[:] = [subprocess.Popen(argv, cwd=ROOT, preexec_fn=die_with_parent)]
+        if pid_file is not None:
+            pid_file.write_text(str(child[0].pid))
+        rc = child[0].wait()
+        if not stopping.is_set():
+            print(f"scribeline worker: the worker process ended ({rc}); starting it again", flush=True)
+            stopping.wait(2.0)
+    return rc
 
 
 def serve_stages(settings: Settings, limit: int) -> None:

@@ -17,9 +17,11 @@ Prefect's idempotency key and the per-media cache lock for the same guarantee.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import random
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -231,6 +233,8 @@ def connect(target: "Lake | Path | str", read_only: bool = False) -> duckdb.Duck
         raise FileNotFoundError(f"no warehouse at {lake.catalog_file}: run the pipeline first")
     if lake.catalog_file:
         lake.catalog_file.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            _use_wal(lake.catalog_file)
         if not lake.data_path.startswith("s3://"):
             Path(lake.data_path).mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -242,6 +246,15 @@ def connect(target: "Lake | Path | str", read_only: bool = False) -> duckdb.Duck
         con.close()
         raise
     return con
+
+
+def _use_wal(path: Path) -> None:
+    """Put the SQLite catalog in WAL mode (the file keeps it). In SQLite's default rollback-journal
+    mode a reader's query and a load's commit wait on each other, a whole second at a time, and an
+    open read transaction (a long analyst query) keeps every load from committing."""
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 # ------------------------------------------------------------------ writing
@@ -299,13 +312,11 @@ def _machine_lock(lake: Lake):
 
 
 def _create_schema(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    # _transaction: a COMMIT that lost to another process's (a catalog conflict) has already ended
+    # the transaction; a bare ROLLBACK would then raise "no transaction is active" in its place,
+    # which is not retried.
+    with _transaction(con):
         con.execute(SCHEMA)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def reset_connections() -> None:
@@ -555,6 +566,8 @@ def row_counts(target) -> dict[str, int]:
 
 
 def compact(target) -> None:
-    """Merge the small Parquet files that per-media loads leave, and delete the ones no snapshot needs."""
+    """Move the rows small loads leave inlined in the catalog into Parquet files, and merge the
+    small files per-media loads leave (the sweep calls it: readers' scans stay short)."""
     with writer(target) as con:
-        _retrying(lambda: con.execute("CALL ducklake_merge_adjacent_files('lake')"))
+        _retrying(lambda: con.execute("CALL ducklake_flush_inlined_data('lake')").fetchall())
+        _retrying(lambda: con.execute("CALL ducklake_merge_adjacent_files('lake')").fetchall())

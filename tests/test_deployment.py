@@ -42,7 +42,7 @@ def stack(tmp_path_factory):
                SCRIBELINE_PREFECT_PORT=str(_free_port()),
                # Faults are injected below: a lost stage worker fails its runs after 60 s (not twice a
                # stage's timeout), and a run RUNNING for 4 minutes is taken for lost.
-               SCRIBELINE_STAGE_WAIT_S="60", SCRIBELINE_RUN_LEASE_S="240", SCRIBELINE_MAX_RUNS_IN_FLIGHT="64")
+               SCRIBELINE_STAGE_WAIT_S="60", SCRIBELINE_RUN_LEASE_S="240")
     up = cli(env, "up")
     env.update(PREFECT_API_URL=f"http://127.0.0.1:{env['SCRIBELINE_PREFECT_PORT']}/api", PREFECT_HOME=str(data / "prefect"))
     yield env, up.stdout, Settings.from_env(env)
@@ -190,8 +190,9 @@ def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_pat
         run_dir = Path(env["SCRIBELINE_DATA_DIR"]) / "run"
         log_before = (run_dir / "worker.log").read_text().count("Task run 'transcribe")
         assert wait_for(lambda: (run_dir / "worker.log").read_text().count("Task run 'transcribe") > log_before, 300, 0.5)
-        os.kill(int((run_dir / "worker.pid").read_text()), signal.SIGKILL)
-        cli(env, "up")  # restarts what is down: the workers
+        killed = int((run_dir / "worker-process.pid").read_text())
+        os.kill(killed, signal.SIGKILL)  # its supervisor (`scribeline worker`) starts it again
+        assert wait_for(lambda: int((run_dir / "worker-process.pid").read_text()) != killed, 60, 0.5)
         # The S3 server goes away for 30 s.
         services.stop(services.s3_service(settings))
         time.sleep(30)

@@ -8,20 +8,19 @@ the writer processes (root).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from scribeline import warehouse
 from tests.test_warehouse import _rows
-from tests.test_warehouse_concurrency import READER, WRITER, _finish, _ledger, _spawn, _start_reader
+from tests.test_warehouse_concurrency import _finish, _ledger, _start_reader, _start_writers
 
 INITDB, PG_CTL = shutil.which("initdb"), shutil.which("pg_ctl")
 if not (INITDB and PG_CTL):
@@ -50,7 +49,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A PostgreSQL cluster on 127.0.0.1:<free port> with trust auth; yields (port, base dir)."""
+    """A PostgreSQL cluster on 127.0.0.1:<free port> with trust auth; yields the port."""
     if AS_SERVER_USER and not shutil.which("runuser"):
         pytest.skip("running as root and no runuser to start PostgreSQL as an unprivileged user")
     base = Path(tempfile.mkdtemp(prefix="scribeline-pg-"))
@@ -112,7 +111,8 @@ def test_loads_ledger_and_quarantine_on_a_postgres_catalog(lake, tmp_path):
     assert warehouse.record_quarantine(lake, record, _ledger("in", "bad.wav")) is False  # the same again: nothing
     assert warehouse.record_quarantine(lake, record, _ledger("in", "bad-copy.wav")) is False  # same bytes, new object
     assert warehouse.query(lake, "select count(*) n from quarantine")["n"][0] == 1
-    bad = warehouse.query(lake, "select key, state, quarantine_key from ledger where state = 'quarantined' order by key")
+    bad = warehouse.query(lake, "select key, state, quarantine_key from ledger "
+                                "where state = 'quarantined' order by key")
     assert list(bad["key"]) == ["bad-copy.wav", "bad.wav"] and set(bad["quarantine_key"]) == {"quarantine/ab.json"}
 
     assert warehouse.record_terminal(lake, {**_ledger("in", "c/third.wav"), "media_id": "m1"}) is True
@@ -129,17 +129,12 @@ def test_two_writer_processes_and_a_reader_on_a_postgres_catalog(lake, tmp_path)
     with warehouse.writer(lake):  # the schema, so the reader can attach and query
         pass
     warehouse.reset_connections()
-    plans = {name: [(f"{name}-{i:02d}", _ledger("in", f"{name}/{i:02d}.wav")) for i in range(15)] for name in ("w1", "w2")}
-    for name, plan in plans.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(plan))
+    plans = {name: [(f"{name}-{i:02d}", _ledger("in", f"{name}/{i:02d}.wav")) for i in range(15)]
+             for name in ("w1", "w2")}
 
     reader, stop = _start_reader(lake, tmp_path, "select count(*) from media", "select count(*) from segments",
                                  "select count(*) from ledger")
-    go = tmp_path / "go"
-    writers = {name: _spawn(WRITER, lake.catalog, lake.data_path, go, name, tmp_path / f"{name}.json")
-               for name in plans}
-    time.sleep(1.0)
-    go.touch()
+    writers = _start_writers(lake, tmp_path, plans)
     try:
         results = {name: _finish(proc) for name, proc in writers.items()}
     finally:
@@ -164,3 +159,34 @@ def test_two_writer_processes_and_a_reader_on_a_postgres_catalog(lake, tmp_path)
         assert values == sorted(values), f"reader saw a count go down: {values}"
     for media_n, segments_n, ledger_n in polls:  # whole loads only
         assert segments_n == 2 * media_n and ledger_n == media_n, polls
+
+
+class _LosesCommitRace:
+    """A connection whose first COMMIT comes just after another connection committed the schema."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, rival: duckdb.DuckDBPyConnection):
+        self.con, self.rival, self.armed = con, rival, True
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            warehouse._create_schema(self.rival)
+        return self.con.execute(sql, *args)
+
+
+def test_a_schema_commit_that_loses_a_race_is_retried(lake):
+    # Two writer processes opening their connections at once both commit the schema (CREATE OR REPLACE
+    # VIEW rewrites the view each time); the later COMMIT is a DuckLake conflict, which is transient.
+    # With a PostgreSQL catalog (no machine lock) this failed a worker's first load now and then; locally
+    # the machine lock serializes connecting writers.
+    with warehouse.writer(lake):
+        pass
+    warehouse.reset_connections()
+    first, second = warehouse.connect(lake), warehouse.connect(lake)
+    try:
+        losing = _LosesCommitRace(first, second)  # loses once, then commits alone
+        warehouse._retrying(lambda: warehouse._create_schema(losing))
+        assert first.execute("select count(*) from media").fetchone()[0] == 0
+    finally:
+        first.close()
+        second.close()

@@ -6,7 +6,8 @@ worker) in a temporary data directory, on free ports:
 
     .venv/bin/python -m benchmark.runtime [--files N] [--out benchmark/results-runtime.json]
 
-Latency: a file is uploaded and a sweep started at once (the schedule would add up to its
+Files: the realistic corpus's English recordings under a minute where fetched (noisy, telephony,
+multi-speaker; see corpus.tsv), else transcodings of ../shared/media. Latency: a file is uploaded and a sweep started at once (the schedule would add up to its
 period); measured from the upload to the file's ledger row, for three short recordings
 (distinct content: nothing cached). Throughput: N files made distinct by transcoding the shared
 recordings, all uploaded, one sweep; measured to the last ledger row, with one stage worker,
@@ -126,8 +127,15 @@ class Stack:
         self.cli("down")
 
 
+CORPUS = Path(__file__).resolve().parent / ".corpus"
+
+
 def distinct_files(n: int, tmp: Path) -> dict[str, Path]:
-    """n files of distinct content (transcodings of the shared recordings), so nothing is cached."""
+    """n files of distinct content, so nothing is cached: the realistic corpus's English recordings
+    under a minute (benchmark/fetch_corpus.py) where fetched, else transcodings of the shared ones."""
+    english = sorted(p for p in CORPUS.glob("en_*") if p.suffix != ".opus" and "apollo" not in p.name) if CORPUS.exists() else []
+    if len(english) >= n:
+        return {f"bench/{p.name}": p for p in english[:n]}
     out = {}
     codecs = [("flac", ["-c:a", "flac"]), ("ogg", ["-c:a", "libopus", "-b:a", "32k"]), ("mp3", ["-c:a", "libmp3lame", "-b:a", "64k"]),
               ("m4a", ["-c:a", "aac", "-b:a", "64k"]), ("wav", ["-ar", "22050"])]

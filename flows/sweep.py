@@ -80,20 +80,27 @@ def _runs_in_flight(client, deployment_id) -> int:
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=_LIVE))))
 
 
+PENDING_LEASE_S = 120.0  # a run a worker took (Pending: "Submitting") but never started
+
+
 def _lost(client, settings: Settings, run, batch: list[ObjectRef]) -> bool:
-    """A run RUNNING past its lease lost its process (a worker killed with it, a machine gone):
-    it is marked Crashed so that the object gets its next attempt. Waiting runs (Scheduled,
-    AwaitingConcurrencySlot) are never expired: they wait for a slot, which is backpressure."""
-    if run.state.type != StateType.RUNNING or run.start_time is None:
+    """A run RUNNING past its lease, or Pending long after a worker took it, lost its process (a
+    worker killed with it, a machine gone): it is marked Crashed so that the object gets its next
+    attempt. Runs waiting for a slot (Scheduled, AwaitingConcurrencySlot) are never expired: that
+    wait is backpressure."""
+    now = dt.datetime.now(dt.timezone.utc)
+    if run.state.type == StateType.RUNNING and run.start_time is not None:
+        lease, age = stages.run_lease(settings, sum(r.size for r in batch)), (now - run.start_time).total_seconds()
+    elif run.state.type == StateType.PENDING and run.state.timestamp is not None:
+        lease, age = min(PENDING_LEASE_S, stages.run_lease(settings, 0)), (now - run.state.timestamp).total_seconds()
+    else:
         return False
-    lease = stages.run_lease(settings, sum(r.size for r in batch))
-    age = (dt.datetime.now(dt.timezone.utc) - run.start_time).total_seconds()
     if age < lease:
         return False
-    client.set_flow_run_state(run.id, Crashed(message=f"no end after {age:.0f} s (lease {lease:.0f} s): taken for lost "
-                                                      f"by the sweep; the object gets its next attempt"), force=True)
+    client.set_flow_run_state(run.id, Crashed(message=f"{run.state.name} for {age:.0f} s (lease {lease:.0f} s): taken "
+                                                      f"for lost by the sweep; the object gets its next attempt"), force=True)
     run.state = client.read_flow_run(run.id).state
-    get_run_logger().warning("flow run %s RUNNING for %.0f s, past its lease: marked Crashed", run.name, age)
+    get_run_logger().warning("flow run %s %s for %.0f s, past its lease: marked Crashed", run.name, run.state.name, age)
     return True
 
 

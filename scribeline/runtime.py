@@ -120,6 +120,7 @@ def supervise(argv: list[str], pid_file: Path | None = None) -> int:
 
     A worker lost to a crash, the OOM killer or an operator's kill -9 is back in seconds; its
     flow runs' unanswered stages fail those runs and the sweep gives their objects another."""
+    from scribeline import allocator
     from scribeline.procs import die_with_parent
 
     stopping = threading.Event()
@@ -134,7 +135,8 @@ def supervise(argv: list[str], pid_file: Path | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     rc = 0
     while not stopping.is_set():
-        child[:] = [subprocess.Popen(argv, cwd=ROOT, preexec_fn=die_with_parent)]
+        # The model's malloc settings (scribeline/allocator.py), which glibc reads at process start.
+        child[:] = [subprocess.Popen(argv, cwd=ROOT, env=allocator.with_tunables(os.environ), preexec_fn=die_with_parent)]
         if pid_file is not None:
             pid_file.write_text(str(child[0].pid))
         rc = child[0].wait()

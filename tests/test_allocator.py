@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scribeline import allocator
 
@@ -83,7 +82,7 @@ def test_the_command_restarts_itself_with_the_settings(tmp_path):
 
 def test_cpu_workers_are_configured_with_the_same_settings():
     expected = allocator.with_tunables({})["GLIBC_TUNABLES"]
-    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert deployments["incoming-cpu"]["work_pool"]["job_variables"]["env"]["GLIBC_TUNABLES"] == expected
+    # The deployments' model runs in the stage worker, started by `scribeline worker` with them
+    # (scribeline/runtime.py); the image sets them too.
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert f"ENV GLIBC_TUNABLES={expected}\n" in dockerfile

@@ -118,6 +118,7 @@ def test_a_short_file_goes_through_the_deployments(stack, media_dir):
     assert status["ledger"] == {"processed": 1} and status["workers_running"]
 
 
+
 # --------------------------------------------------------------- faults
 ANALYST = """
 import sys, time, pathlib

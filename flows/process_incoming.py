@@ -278,10 +278,9 @@ def _finish_ledgered(items: list[_Media], settings: Settings) -> None:
         if row is None:
             continue
         if row["state"] == "quarantined":
-            dest_bucket = settings.bucket_quarantine
-            dest_key = storage.under(f"media/{stages.quarantine_tag(m.ref, row['sha256'])}", m.ref.key)
+            dest_bucket, dest_key = settings.bucket_quarantine, stages.quarantined_key(m.ref, row["sha256"])
         else:
-            dest_bucket, dest_key = settings.bucket_processed, storage.under(row["sha256"][:16], m.ref.key)
+            dest_bucket, dest_key = settings.bucket_processed, stages.processed_key(row["sha256"], m.ref.key)
         try:
             if storage.exists(settings, m.ref.bucket, m.ref.key):
                 storage.move(settings, m.ref, dest_bucket, dest_key)

@@ -377,10 +377,20 @@ def run_lease(settings: Settings, size_bytes: int) -> float:
 def archive(settings: Settings, ingested: dict) -> ObjectRef:
     """After the load committed: move the source from incoming to the processed bucket."""
     ref = ObjectRef(ingested["bucket"], ingested["key"], ingested["etag"], ingested["size"])
-    dest = storage.under(ingested["sha256"][:16], ingested["key"])
+    dest = processed_key(ingested["sha256"], ingested["key"])
     out = storage.move(settings, ref, settings.bucket_processed, dest)
     cleanup(settings, ingested["run_key"])
     return out
+
+
+def processed_key(sha256: str, key: str) -> str:
+    """Where a processed object goes in the processed bucket."""
+    return storage.under(sha256[:16], key)
+
+
+def quarantined_key(ref: ObjectRef, sha256: str | None) -> str:
+    """Where a quarantined object goes in the quarantine bucket."""
+    return storage.under(f"media/{quarantine_tag(ref, sha256)}", ref.key)
 
 
 def quarantine_tag(ref: ObjectRef, sha256: str | None) -> str:
@@ -402,7 +412,7 @@ def quarantine(settings: Settings, ref: ObjectRef, stage: str, error: str, attem
     record = {
         "source": ref.uri, "source_bucket": ref.bucket, "source_key": ref.key, "sha256": sha256, "run_key": run_key,
         "stage": stage, "error": error, "attempts": attempts, "quarantined_at": now.isoformat(),
-        "media_object": f"s3://{settings.bucket_quarantine}/{storage.under(f'media/{tag}', ref.key)}",
+        "media_object": f"s3://{settings.bucket_quarantine}/{quarantined_key(ref, sha256)}",
     }
     record_key = f"records/{tag}.json"
     # The record is written first: if the move then fails, the reason is still on file
@@ -417,7 +427,7 @@ def quarantine(settings: Settings, ref: ObjectRef, stage: str, error: str, attem
     warehouse.record_quarantine(settings.warehouse, {**record, "quarantine_key": record_key}, ledger)
     try:
         if storage.exists(settings, ref.bucket, ref.key):
-            storage.move(settings, ref, settings.bucket_quarantine, storage.under(f"media/{tag}", ref.key))
+            storage.move(settings, ref, settings.bucket_quarantine, quarantined_key(ref, sha256))
     except ValueError:  # a key with "." or ".." segments: the S3 client cannot address it to move it
         pass  # recorded (record and ledger) where it stands
 

@@ -148,6 +148,19 @@ def _close_connections():
     warehouse.reset_connections()
 
 
+def _writers_while_reading(lake: warehouse.Lake, tmp_path: Path, plans: dict[str, list],
+                           *queries: str) -> tuple[dict[str, dict], dict]:
+    """Run the writer processes to the end while a reader polls ``queries``; their results and what it saw."""
+    reader, stop = _start_reader(lake, tmp_path, *queries)
+    writers = _start_writers(lake, tmp_path, plans)
+    try:
+        results = {name: _finish(proc) for name, proc in writers.items()}
+    finally:
+        stop.touch()
+        seen = _finish(reader)
+    return results, seen
+
+
 def test_two_writers_and_a_reader_share_one_warehouse(tmp_path):
     lake = _make_warehouse(tmp_path)
     shared = [f"s-{i:02d}" for i in range(10)]
@@ -167,13 +180,8 @@ def test_two_writers_and_a_reader_share_one_warehouse(tmp_path):
                 plan.append(both[i // 4])
         plans[name] = plan
 
-    reader, stop = _start_reader(lake, tmp_path, "select count(*) from media", "select count(*) from ledger")
-    writers = _start_writers(lake, tmp_path, plans)
-    try:
-        results = {name: _finish(proc) for name, proc in writers.items()}
-    finally:
-        stop.touch()
-        seen = _finish(reader)
+    results, seen = _writers_while_reading(lake, tmp_path, plans, "select count(*) from media",
+                                           "select count(*) from ledger")
 
     for name, result in results.items():
         assert set(result) == {m for m, _ in plans[name]}

@@ -20,7 +20,7 @@ import pytest
 
 from scribeline import warehouse
 from tests.test_warehouse import _rows
-from tests.test_warehouse_concurrency import _finish, _ledger, _start_reader, _start_writers
+from tests.test_warehouse_concurrency import _ledger, _writers_while_reading
 
 INITDB, PG_CTL = shutil.which("initdb"), shutil.which("pg_ctl")
 if not (INITDB and PG_CTL):
@@ -132,14 +132,8 @@ def test_two_writer_processes_and_a_reader_on_a_postgres_catalog(lake, tmp_path)
     plans = {name: [(f"{name}-{i:02d}", _ledger("in", f"{name}/{i:02d}.wav")) for i in range(15)]
              for name in ("w1", "w2")}
 
-    reader, stop = _start_reader(lake, tmp_path, "select count(*) from media", "select count(*) from segments",
-                                 "select count(*) from ledger")
-    writers = _start_writers(lake, tmp_path, plans)
-    try:
-        results = {name: _finish(proc) for name, proc in writers.items()}
-    finally:
-        stop.touch()
-        seen = _finish(reader)
+    results, seen = _writers_while_reading(lake, tmp_path, plans, "select count(*) from media",
+                                           "select count(*) from segments", "select count(*) from ledger")
 
     for name, result in results.items():
         assert result == {m: True for m, _ in plans[name]}, f"{name}: {result}"

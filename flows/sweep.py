@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
-from scribeline import stages, storage, warehouse
+from scribeline import artifacts, stages, storage, warehouse
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import list_incoming
@@ -53,13 +53,16 @@ def sweep() -> dict:
     refs = list_incoming()
     batches = [refs[i:i + settings.max_objects_per_run] for i in range(0, len(refs), settings.max_objects_per_run)]
     counts = {"objects": len(refs), "started": 0, "in_flight": 0, "waiting": 0, "dead_lettered": 0}
+    seen = []  # (object, outcome, attempt): the sweep's table artifact in the UI
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(settings.sweep_deployment)
         room = settings.max_runs_in_flight - _runs_in_flight(client, deployment.id)
         for batch in batches:
-            outcome = _start(client, settings, deployment.id, batch, room > 0)
+            outcome, attempt = _start(client, settings, deployment.id, batch, room > 0)
             counts[outcome] += len(batch)
             room -= outcome == "started"
+            seen += [(ref, outcome, attempt) for ref in batch]
+    artifacts.publish_sweep(seen, log)
     compact_warehouse()
     log.info("%(objects)d waiting: %(started)d runs started, %(in_flight)d already in flight, "
              "%(waiting)d left for the next sweep, %(dead_lettered)d quarantined after their runs ended", counts)
@@ -104,8 +107,9 @@ def _lost(client, settings: Settings, run, batch: list[ObjectRef]) -> bool:
     return True
 
 
-def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], may_start: bool) -> str:
-    """Start (or find) the batch's run: "started", "in_flight", "waiting" (no room) or "dead_lettered"."""
+def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], may_start: bool) -> tuple[str, int | None]:
+    """Start (or find) the batch's run: "started", "in_flight", "waiting" (no room) or "dead_lettered",
+    with the attempt it is on (None when none runs)."""
     ended = []
     for attempt in range(1, settings.max_attempts + 1):
         key = idempotency_key(settings, batch, attempt)
@@ -113,17 +117,19 @@ def _start(client, settings: Settings, deployment_id, batch: list[ObjectRef], ma
         if existing:
             run = existing[0]
             if run.state is None or (not run.state.is_final() and not _lost(client, settings, run, batch)):
-                return "in_flight"
+                return "in_flight", attempt
             ended.append(f"{run.name}: {run.state.name}")
             continue  # that run ended and the object is still waiting: the next attempt
         if not may_start:
-            return "waiting"
+            return "waiting", None
+        # Tags are set here, at creation: the source and extension (codec and language follow from the run).
+        tags = ["scribeline", f"attempt-{attempt}"] + sorted({t for r in batch for t in artifacts.source_tags(r.bucket, r.key)})
         client.create_flow_run_from_deployment(
-            deployment_id, idempotency_key=key, tags=["scribeline", f"attempt-{attempt}"],
+            deployment_id, idempotency_key=key, tags=tags,
             parameters={"objects": [{"bucket": r.bucket, "key": r.key, "etag": r.etag, "size": r.size} for r in batch],
                         "attempt": attempt})
-        return "started"
+        return "started", attempt
     for ref in batch:
         quarantine(ref, "orchestration", f"{len(ended)} flow runs ended without finishing it ({'; '.join(ended)})",
                    len(ended))
-    return "dead_lettered"
+    return "dead_lettered", None

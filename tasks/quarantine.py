@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from scribeline import stages
+from scribeline import automations, stages
 from scribeline.storage import ObjectRef
 from tasks.common import JITTER, TRANSIENT_DELAYS, TRANSIENT_RETRIES, run_info, settings
 
@@ -13,4 +13,6 @@ def quarantine(ref: ObjectRef, stage: str, error: str, attempts: int, sha256: st
     """Writes a JSON record of the failure and moves the media to the quarantine bucket (object store, warehouse)."""
     record = stages.quarantine(settings(), ref, stage, error, attempts, sha256, run_key, run_info(), first_seen)
     get_run_logger().warning("quarantined %s at %s: %s", ref.key, stage, error)
+    # Prefect's event stream: the automation "scribeline-quarantine-burst" counts these.
+    automations.emit_quarantined(ref.bucket, ref.key, stage, error, attempts, record.get("record_key"))
     return record

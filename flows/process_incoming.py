@@ -36,14 +36,15 @@ from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from scribeline import stages, stopping, storage, warehouse
+from scribeline import artifacts, stages, stopping, storage, warehouse
 from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import ingest, list_incoming
 from tasks.load import archive, load, record_already_loaded
 from tasks.normalize import normalize
 from tasks.quarantine import quarantine
-from tasks.redact import redact
+from tasks.redact import keep_unredacted, redact, redact_audio
+from tasks.score import score_sidecars
 from tasks.segment import segment
 from tasks.transcribe import load_model, transcribe
 from tasks.validate import validate
@@ -54,6 +55,8 @@ class _Media:
     ref: ObjectRef
     started: float
     results: dict = field(default_factory=dict)
+    ended: dict = field(default_factory=dict)  # stage -> when its task run ended (UTC), for the report
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
     futures: dict = field(default_factory=dict)  # this wave's submitted stages, by name
     failed: bool = False
     outcome: dict | None = None
@@ -130,6 +133,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
         _wait(fut, settings, m, name)
         if fut.state.is_completed():
             m.results[name] = fut.result()
+            m.ended[name] = fut.state.timestamp
             continue
         if id(m) in failures:
             continue  # an earlier stage of this wave already failed for this media
@@ -221,6 +225,7 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
     log = get_run_logger()
     started = time.monotonic()
     items = [_Media(ref, started) for ref in refs]
+    view = artifacts.RunView(log)  # what the run shows in Prefect's UI: tags, progress, each media's report
     _finish_ledgered(items, settings)
     if any(m.live for m in items) and not settings.stage_workers:
         # A model that cannot load is the worker's fault, not the media's: fail the run
@@ -240,32 +245,63 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
     _wave({"normalize": lambda m, n: _timed(normalize, settings, m).submit(m.run_key, m.results["ingest"], n),
            "segment": lambda m, n: _timed(segment, settings, m).submit(m.run_key, m.futures["normalize"])},
           items, settings)
+    _show(view, items, tag=True)
     # The transcriber batches the windows of the whole wave (in this process), or of every run
     # in flight (on the stage worker: the wave's size says nothing there).
     _wave({"transcribe": lambda m, n: _dispatch(transcribe, settings, m)(
         m.run_key, _arg(m.results["segment"], settings), 0 if settings.stage_workers else n)}, items, settings)
+    _show(view, items, tag=True)
     # Validation and redaction both read the transcript: one wave, side by side.
     _wave({"validate": lambda m, n: _dispatch(validate, settings, m)(
                m.run_key, _arg(m.results["transcribe"], settings), m.results["segment"]["duration_s"],
                0 if settings.stage_workers else n),
-           "redact": lambda m, n: _dispatch(redact, settings, m)(m.run_key, _arg(m.results["transcribe"], settings))},
+           "redact": lambda m, n: _dispatch(redact, settings, m)(m.run_key, _arg(m.results["transcribe"], settings),
+                                                                 m.results["ingest"].get("data_class"))},
           items, settings)
+    _show(view, items)
+    # Restricted copies (only where configured): the beeped/muted audio, the unredacted transcript.
+    copies = {}
+    if settings.audio_redaction != "off":
+        copies["redact_audio"] = lambda m, n: redact_audio.submit(m.run_key, m.results["ingest"], quote(m.results["segment"]),
+                                                                  quote(m.results["redact"]))
+    if settings.keep_unredacted:
+        copies["keep_unredacted"] = lambda m, n: keep_unredacted.submit(m.run_key, m.results["ingest"],
+                                                                        quote(m.results["transcribe"]))
+    if copies:
+        _wave(copies, items, settings)
     for m in items:
         if not m.live:
             continue
+        m.results["redact"] = {**m.results["redact"], "protected": {
+            "redacted_audio": m.results.get("redact_audio"), "unredacted": m.results.get("keep_unredacted")}}
         m.results["processing_s"] = time.monotonic() - m.started
     _wave({"load": lambda m, n: _timed(load, settings, m).submit(
         m.run_key, m.results["ingest"], quote(m.results["segment"]), quote(m.results["redact"]),
         quote(m.results["validate"]), m.results["processing_s"], n)}, items, settings)
+    _show(view, items)
     _wave({"archive": lambda m, n: archive.submit(m.run_key, m.results["ingest"])}, items, settings)
+    score_sidecars(return_state=True)  # transcripts uploaded beside loaded media (scribeline/scoring.py); fails no media
     for m in items:
         if m.outcome is None:
             m.outcome = _processed(m, settings, note="" if m.results.get("load") else "already in the warehouse; nothing added")
+    _show(view, items, report=True)
     outcomes = [m.outcome for m in items]
     counts = {state: sum(o["state"] == state for o in outcomes) for state in ("processed", "quarantined", "finished")}
     log.info("%d processed, %d quarantined, %d finished earlier", counts["processed"], counts["quarantined"],
              counts["finished"])
     return outcomes
+
+
+def _show(view: artifacts.RunView, items: list[_Media], tag: bool = False, report: bool = False) -> None:
+    """The run in Prefect's UI (scribeline.artifacts; best-effort): long media's progress, the run's tags
+    from what the stages found, and, once every media has its outcome, each one's report."""
+    for m in items:
+        if m.live or report:
+            view.progress(m.ref.key, m.results)
+        if report and m.outcome is not None:
+            view.report(m.outcome, m.results, m.ended, m.started_at)
+    if tag:
+        view.tag([m.results for m in items])
 
 
 def _finish_ledgered(items: list[_Media], settings: Settings) -> None:

@@ -33,6 +33,7 @@ from scribeline.config import Settings
 from scribeline.storage import ObjectRef
 from tasks.ingest import list_incoming
 from tasks.quarantine import quarantine
+from tasks.score import score_sidecars
 
 _LIVE = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
@@ -64,6 +65,7 @@ def sweep() -> dict:
             seen += [(ref, outcome, attempt) for ref in batch]
     artifacts.publish_sweep(seen, log)
     compact_warehouse()
+    score_sidecars(return_state=True)  # transcripts uploaded beside loaded media (scribeline/scoring.py)
     log.info("%(objects)d waiting: %(started)d runs started, %(in_flight)d already in flight, "
              "%(waiting)d left for the next sweep, %(dead_lettered)d quarantined after their runs ended", counts)
     return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -79,7 +80,22 @@ def ensure_buckets(settings: Settings, retries: int = 40) -> None:
         time.sleep(0.5)
 
 
-def list_waiting(settings: Settings) -> list[ObjectRef]:
+# Text uploaded beside a media ``<key>`` (scribeline/scoring.py): a reference transcript or a
+# human-corrected one. Not media: never listed as waiting, never quarantined.
+SIDECAR_SUFFIXES = {".ref.txt": "reference", ".corrected.txt": "correction"}
+
+
+def sidecar_kind(key: str) -> str | None:
+    """"reference" or "correction" for a sidecar key, else None."""
+    return next((kind for suffix, kind in SIDECAR_SUFFIXES.items() if key.endswith(suffix) and key != suffix), None)
+
+
+def sidecar_media_key(key: str) -> str:
+    """The media key a sidecar belongs to (its key without the suffix)."""
+    return next(key[:-len(suffix)] for suffix in SIDECAR_SUFFIXES if key.endswith(suffix))
+
+
+def _incoming(settings: Settings) -> list[ObjectRef]:
     c = client(settings)
     refs = [
         ObjectRef(settings.bucket_incoming, o.object_name, (o.etag or "").strip('"'), o.size or 0)
@@ -87,6 +103,16 @@ def list_waiting(settings: Settings) -> list[ObjectRef]:
         if not o.is_dir
     ]
     return sorted(refs, key=lambda r: r.key)
+
+
+def list_waiting(settings: Settings) -> list[ObjectRef]:
+    """The media objects waiting in the incoming bucket (sidecar transcripts left out)."""
+    return [r for r in _incoming(settings) if sidecar_kind(r.key) is None]
+
+
+def list_sidecars(settings: Settings) -> list[ObjectRef]:
+    """The sidecar transcripts waiting in the incoming bucket."""
+    return [r for r in _incoming(settings) if sidecar_kind(r.key) is not None]
 
 
 def upload_file(settings: Settings, path: Path, key: str | None = None) -> ObjectRef:
@@ -165,6 +191,19 @@ def put_json(settings: Settings, bucket: str, key: str, document: dict) -> Objec
     return ObjectRef(bucket, key, (result.etag or "").strip('"'), len(data))
 
 
+def get_bytes(settings: Settings, ref: ObjectRef, limit: int = 16 << 20) -> bytes:
+    """A small object's content (sidecar transcripts); larger than ``limit`` bytes raises ValueError."""
+    response = client(settings).get_object(ref.bucket, ref.key)
+    try:
+        data = response.read(limit + 1)
+    finally:
+        response.close()
+        response.release_conn()
+    if len(data) > limit:
+        raise ValueError(f"{ref.uri} is larger than {limit} bytes")
+    return data
+
+
 def get_json(settings: Settings, bucket: str, key: str) -> dict:
     response = client(settings).get_object(bucket, key)
     try:
@@ -187,3 +226,13 @@ def move(settings: Settings, ref: ObjectRef, dest_bucket: str, dest_key: str) ->
 
 def list_keys(settings: Settings, bucket: str, prefix: str = "") -> list[str]:
     return sorted(o.object_name for o in client(settings).list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir)
+
+
+def list_aged(settings: Settings, bucket: str, prefix: str = "") -> list[tuple[str, dt.datetime, int]]:
+    """(key, last modified (UTC), size) of every object under ``prefix`` (the retention flow's view)."""
+    return sorted((o.object_name, o.last_modified, o.size or 0)
+                  for o in client(settings).list_objects(bucket, prefix=prefix, recursive=True) if not o.is_dir)
+
+
+def delete(settings: Settings, bucket: str, key: str) -> None:
+    client(settings).remove_object(bucket, key)

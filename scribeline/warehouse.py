@@ -125,6 +125,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
     attempts       INTEGER,
     quarantined_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS retention_log (  -- every object the retention flow deleted, and why
+    deleted_at  TIMESTAMP NOT NULL,
+    kind        VARCHAR NOT NULL,  -- original | normalized | redacted_audio | unredacted | stage_results
+    bucket      VARCHAR,           -- NULL for stage results (a local folder)
+    key         VARCHAR NOT NULL,
+    data_class  VARCHAR,
+    age_days    DOUBLE,
+    limit_days  DOUBLE,
+    size_bytes  BIGINT
+);
 CREATE TABLE IF NOT EXISTS ledger (  -- one terminal state per object version seen in the incoming bucket
     bucket         VARCHAR NOT NULL,
     key            VARCHAR NOT NULL,
@@ -144,6 +154,12 @@ CREATE TABLE IF NOT EXISTS ledger (  -- one terminal state per object version se
 -- Warehouses made before these columns existed get them (NULL for media loaded then).
 ALTER TABLE media ADD COLUMN IF NOT EXISTS needs_review BOOLEAN;
 ALTER TABLE media ADD COLUMN IF NOT EXISTS review_reasons VARCHAR;
+ALTER TABLE media ADD COLUMN IF NOT EXISTS data_class VARCHAR;             -- public | internal | sensitive (governance)
+ALTER TABLE media ADD COLUMN IF NOT EXISTS region VARCHAR;                 -- the deployment's configured region
+ALTER TABLE media ADD COLUMN IF NOT EXISTS redacted_audio_object VARCHAR;  -- s3:// of the beeped/muted audio copy
+ALTER TABLE media ADD COLUMN IF NOT EXISTS unredacted_object VARCHAR;      -- s3:// of the kept unredacted transcript
+ALTER TABLE pii_entities ADD COLUMN IF NOT EXISTS operator VARCHAR;        -- replace | mask | hash
+ALTER TABLE pii_entities ADD COLUMN IF NOT EXISTS value_hash VARCHAR;      -- hash operator: salted hash, never the value
 CREATE OR REPLACE VIEW transcripts AS
 SELECT m.media_id,
        's3://' || m.source_bucket || '/' || m.source_key AS source_object,
@@ -153,10 +169,146 @@ SELECT m.media_id,
        coalesce(string_agg(s.text, ' ' ORDER BY s.start_s, s.segment_index), '') AS text
 FROM media m LEFT JOIN segments s USING (media_id)
 GROUP BY ALL;
+CREATE TABLE IF NOT EXISTS transcript_scores (  -- a reference or human-corrected transcript scored against the machine's (scribeline/scoring.py); never its text
+    media_id         VARCHAR NOT NULL,
+    source_key       VARCHAR NOT NULL,  -- the media's object key the sidecar was uploaded beside
+    sidecar_key      VARCHAR NOT NULL,  -- <source_key>.ref.txt | <source_key>.corrected.txt (then moved to the processed bucket under sidecars/)
+    sidecar_sha256   VARCHAR NOT NULL,  -- its content's hash: one sidecar is scored once per media
+    kind             VARCHAR NOT NULL,  -- reference | correction
+    model            VARCHAR,           -- the media's model and pipeline_version when it was scored
+    pipeline_version VARCHAR,
+    wer              DOUBLE,            -- word_edits / reference_words (NULL when the sidecar has no words)
+    cer              DOUBLE,            -- char_edits / reference_chars
+    word_edits       INTEGER,           -- word-level Levenshtein distance: substitutions + deletions + insertions
+    substitutions    INTEGER,
+    deletions        INTEGER,
+    insertions       INTEGER,
+    reference_words  INTEGER,           -- words of the sidecar (the reference, or the human's corrected text)
+    hypothesis_words INTEGER,           -- words of the machine's (redacted) transcript
+    char_edits       INTEGER,
+    reference_chars  INTEGER,
+    scored_at        TIMESTAMP
+);
+-- Job latency by media duration: processing_s (from the run's start to the media's load) per
+-- bucket of duration_s; realtime_factor is audio seconds per second of processing.
+CREATE OR REPLACE VIEW latency_by_duration AS
+WITH bucketed AS (
+    SELECT duration_s, processing_s,
+           CASE WHEN duration_s < 10 THEN 0 WHEN duration_s < 30 THEN 10 WHEN duration_s < 60 THEN 30
+                WHEN duration_s < 300 THEN 60 WHEN duration_s < 1800 THEN 300 ELSE 1800 END AS bucket_start_s
+    FROM media WHERE duration_s IS NOT NULL AND processing_s IS NOT NULL)
+SELECT bucket_start_s,
+       CASE bucket_start_s WHEN 0 THEN 'under 10 s' WHEN 10 THEN '10-30 s' WHEN 30 THEN '30-60 s'
+            WHEN 60 THEN '1-5 min' WHEN 300 THEN '5-30 min' ELSE '30 min and over' END AS duration_bucket,
+       count(*) AS media,
+       sum(duration_s) AS audio_s,
+       avg(processing_s) AS mean_processing_s,
+       median(processing_s) AS median_processing_s,
+       quantile_cont(processing_s, 0.9) AS p90_processing_s,
+       max(processing_s) AS max_processing_s,
+       sum(duration_s) / nullif(sum(processing_s), 0) AS realtime_factor
+FROM bucketed GROUP BY bucket_start_s ORDER BY bucket_start_s;
+-- One row per object version in the ledger, with what is known of it: source_prefix is its key
+-- before the first '/' ('' for a key without one); codec and container come from its media row
+-- ('(not recorded)' when none: quarantined objects have no media row); stage and attempts from
+-- the ledger, else its quarantine record; had_error: quarantined, or it took more than one attempt.
+CREATE OR REPLACE VIEW object_outcomes AS
+SELECT l.bucket, l.key,
+       CASE WHEN contains(l.key, '/') THEN split_part(l.key, '/', 1) ELSE '' END AS source_prefix,
+       coalesce(m.codec, '(not recorded)') AS codec,
+       m.container, l.state,
+       coalesce(l.stage, q.stage) AS stage,
+       coalesce(l.attempts, q.attempts, 1) AS attempts,
+       l.state = 'quarantined' OR coalesce(l.attempts, q.attempts, 1) > 1 AS had_error,
+       m.duration_s, m.processing_s, l.media_id, l.first_seen, l.finished
+FROM ledger l
+LEFT JOIN (SELECT media_id, any_value(codec) AS codec, any_value(container) AS container,
+                  any_value(duration_s) AS duration_s, any_value(processing_s) AS processing_s
+           FROM media GROUP BY media_id) m ON m.media_id = l.media_id
+LEFT JOIN (SELECT quarantine_key, any_value(stage) AS stage, any_value(attempts) AS attempts
+           FROM quarantine GROUP BY quarantine_key) q ON q.quarantine_key = l.quarantine_key;
+-- Error and quarantine rates by codec: objects per terminal state; quarantine_rate = quarantined /
+-- objects, review_rate = needs_review / objects, error_rate = had_error / objects (object_outcomes).
+CREATE OR REPLACE VIEW failure_rates_by_codec AS
+SELECT codec, count(*) AS objects,
+       count(*) FILTER (WHERE state = 'processed') AS processed,
+       count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
+       count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
+       count(*) FILTER (WHERE had_error) AS had_error,
+       avg(CASE WHEN state = 'quarantined' THEN 1.0 ELSE 0.0 END) AS quarantine_rate,
+       avg(CASE WHEN state = 'needs_review' THEN 1.0 ELSE 0.0 END) AS review_rate,
+       avg(CASE WHEN had_error THEN 1.0 ELSE 0.0 END) AS error_rate
+FROM object_outcomes GROUP BY codec ORDER BY objects DESC, codec;
+-- The same rates by source prefix (the part of the object key before the first '/').
+CREATE OR REPLACE VIEW failure_rates_by_prefix AS
+SELECT source_prefix, count(*) AS objects,
+       count(*) FILTER (WHERE state = 'processed') AS processed,
+       count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
+       count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
+       count(*) FILTER (WHERE had_error) AS had_error,
+       avg(CASE WHEN state = 'quarantined' THEN 1.0 ELSE 0.0 END) AS quarantine_rate,
+       avg(CASE WHEN state = 'needs_review' THEN 1.0 ELSE 0.0 END) AS review_rate,
+       avg(CASE WHEN had_error THEN 1.0 ELSE 0.0 END) AS error_rate
+FROM object_outcomes GROUP BY source_prefix ORDER BY objects DESC, source_prefix;
+-- Throughput per hour (UTC): media loaded and their audio seconds (media.processed_at), and
+-- objects that reached a terminal state (ledger.finished), quarantined ones among them.
+CREATE OR REPLACE VIEW throughput_hourly AS
+WITH loaded AS (
+    SELECT date_trunc('hour', processed_at) AS hour, count(*) AS media, sum(duration_s) AS audio_s,
+           sum(processing_s) AS processing_s
+    FROM media WHERE processed_at IS NOT NULL GROUP BY 1),
+finished AS (
+    SELECT date_trunc('hour', finished) AS hour, count(*) AS objects_finished,
+           count(*) FILTER (WHERE state = 'quarantined') AS quarantined
+    FROM ledger WHERE finished IS NOT NULL GROUP BY 1)
+SELECT coalesce(l.hour, f.hour) AS hour,
+       coalesce(l.media, 0) AS media,
+       coalesce(l.audio_s, 0) AS audio_s,
+       coalesce(l.processing_s, 0) AS processing_s,
+       coalesce(f.objects_finished, 0) AS objects_finished,
+       coalesce(f.quarantined, 0) AS quarantined
+FROM loaded l FULL OUTER JOIN finished f ON l.hour = f.hour
+ORDER BY hour;
+-- WER/CER against reference transcripts per model and configuration (pipeline_version) and day
+-- the transcript was made (media.processed_at, UTC), the latest reference of each media counted:
+-- wer and cer pooled (all edits / all reference words or characters), mean_wer over media.
+CREATE OR REPLACE VIEW wer_trend AS
+WITH latest AS (
+    SELECT s.*, m.processed_at FROM transcript_scores s JOIN media m USING (media_id)
+    WHERE s.kind = 'reference'
+    QUALIFY row_number() OVER (PARTITION BY s.media_id ORDER BY s.scored_at DESC, s.sidecar_sha256) = 1)
+SELECT date_trunc('day', processed_at) AS day, model, pipeline_version,
+       count(*) AS media,
+       sum(reference_words) AS reference_words,
+       sum(word_edits) AS word_edits,
+       sum(word_edits) / nullif(sum(reference_words), 0) AS wer,
+       sum(char_edits) / nullif(sum(reference_chars), 0) AS cer,
+       avg(wer) AS mean_wer
+FROM latest GROUP BY ALL ORDER BY day, model, pipeline_version;
+-- Human-correction rate per media: the word edits between the machine's transcript and the
+-- latest corrected transcript uploaded for it, over the corrected transcript's words.
+CREATE OR REPLACE VIEW correction_rates AS
+SELECT s.media_id, s.source_key, s.model, s.pipeline_version, m.processed_at, s.scored_at,
+       s.word_edits, s.reference_words AS corrected_words,
+       s.word_edits / nullif(s.reference_words, 0) AS correction_rate
+FROM transcript_scores s JOIN media m USING (media_id)
+WHERE s.kind = 'correction'
+QUALIFY row_number() OVER (PARTITION BY s.media_id ORDER BY s.scored_at DESC, s.sidecar_sha256) = 1;
+-- The correction rate as a trend: per day the transcripts were made, model and configuration;
+-- correction_rate pooled (all edits / all corrected words), mean_correction_rate over media.
+CREATE OR REPLACE VIEW correction_trend AS
+SELECT date_trunc('day', processed_at) AS day, model, pipeline_version,
+       count(*) AS media,
+       sum(corrected_words) AS corrected_words,
+       sum(word_edits) AS word_edits,
+       sum(word_edits) / nullif(sum(corrected_words), 0) AS correction_rate,
+       avg(correction_rate) AS mean_correction_rate
+FROM correction_rates GROUP BY ALL ORDER BY day, model, pipeline_version;
 """
 
 
-TABLES = ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine", "ledger")
+TABLES = ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine", "ledger",
+          "transcript_scores", "retention_log")
 LEDGER_STATES = ("processed", "needs_review", "quarantined")
 
 
@@ -508,6 +660,39 @@ def record_quarantine(target, row: dict, ledger: dict | None = None) -> bool:
                     _insert(con, "ledger", _ledger_frame([{**ledger, "state": "quarantined",
                                                            "quarantine_key": row["quarantine_key"]}]))
                 return new
+        return _retrying(write)
+
+
+def record_deletions(target, rows: list[dict]) -> None:
+    """The retention flow's deletions (``retention_log`` rows), in one transaction."""
+    if not rows:
+        return
+    with writer(target) as con:
+        def write() -> None:
+            with _transaction(con):
+                _insert(con, "retention_log", pd.DataFrame(rows))
+        _retrying(write)
+
+
+def record_scores(target, rows: list[dict]) -> int:
+    """Rows of ``transcript_scores``, in one transaction; a (media, kind, sidecar content) already
+    scored adds nothing (a run that ended between this commit and the sidecar's move). Returns how
+    many were added."""
+    if not rows:
+        return 0
+    with writer(target) as con:
+        def write() -> int:
+            with _transaction(con):
+                frame = pd.DataFrame(rows)
+                con.register("_scores", frame)
+                try:
+                    new = con.execute("SELECT s.* FROM _scores s ANTI JOIN transcript_scores t "
+                                      "USING (media_id, kind, sidecar_sha256)").fetchdf()
+                finally:
+                    con.unregister("_scores")
+                if len(new):
+                    _insert(con, "transcript_scores", new)
+                return len(new)
         return _retrying(write)
 
 

@@ -243,10 +243,53 @@ def cmd_export(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_search(settings: Settings, args) -> int:
+    from scribeline import search
+
+    df = search.search(settings.warehouse, " ".join(args.words), args.limit)
+    if args.json:
+        print(df.to_json(orient="records", force_ascii=False))
+        return 0
+    if df.empty:
+        print("no matching segment")
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"search: {escape(' '.join(args.words))}")
+    for col in ("media", "from", "to", "score", "text (redacted)"):
+        table.add_column(col, overflow="fold")
+    for r in df.itertuples(index=False):
+        table.add_row(escape(r.source_object), _clock(r.start_s), _clock(r.end_s), f"{r.score:.3f}", escape(r.text))
+    _console().print(table)
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(float(seconds), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{s:06.3f}"
+
+
+def cmd_report(settings: Settings, args) -> int:
+    from scribeline import report
+
+    out = report.write(settings.warehouse, Path(args.out) if args.out else settings.data_dir / "report.html")
+    print(f"report written to {out}")
+    return 0
+
+
 def cmd_deploy(settings: Settings, args) -> int:
     from scribeline import runtime
 
     runtime.deploy(settings, tuple(args.pool or runtime.POOLS))
+    return 0
+
+
+def cmd_automations(settings: Settings, args) -> int:
+    from scribeline import runtime
+
+    runtime.apply_automations()
     return 0
 
 
@@ -284,6 +327,17 @@ def cmd_status(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_retention(settings: Settings, args) -> int:
+    """Delete (or with --dry-run, list) what is past its retention age; the retention deployment does this daily."""
+    from dataclasses import asdict
+
+    from scribeline import retention
+
+    found = retention.due(settings) if args.dry_run else retention.apply(settings)
+    print(json.dumps({"dry_run": args.dry_run, "count": len(found), "objects": [asdict(d) for d in found]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scribeline", description="Media in S3 -> validated, redacted transcripts in DuckDB.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -307,10 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("media_id", help="media id (or a unique prefix of it)")
     e.add_argument("--format", "-f", default="txt", choices=["srt", "vtt", "json", "txt"])
     e.add_argument("--output", "-o", help="file to write (default: standard output)")
+    se = sub.add_parser("search", help="full-text search of the redacted transcripts (BM25, best first)")
+    se.add_argument("words", nargs="+", help="words to look for (any of them)")
+    se.add_argument("--limit", type=int, default=20, help="at most this many segments")
+    se.add_argument("--json", action="store_true")
+    rp = sub.add_parser("report", help="an HTML report of the warehouse's metrics with charts (self-contained)")
+    rp.add_argument("--out", "-o", help="file to write (default: <data dir>/report.html)")
     st = sub.add_parser("status", help="where things are; the ledger's counts by state and the latest failures")
     st.add_argument("--failures", type=int, default=10, help="how many of the latest quarantined objects to show")
     dp = sub.add_parser("deploy", help="create the buckets, work pools and deployments (prefect.yaml) on the Prefect API")
     dp.add_argument("--pool", action="append", help="only this pool's deployments (repeatable)")
+    sub.add_parser("automations", help="create or update the Prefect automations of deployments/automations.yaml "
+                                       "(notifications through the block in SCRIBELINE_NOTIFY_BLOCK)")
+    rt = sub.add_parser("retention", help="delete originals, audio and unredacted transcripts past their data class's age")
+    rt.add_argument("--dry-run", action="store_true", help="list what is due, delete nothing")
     w = sub.add_parser("worker", help="serve work pools' flow runs and the heavy stages (model kept loaded) until stopped")
     w.add_argument("--pool", action="append", help="a work pool to serve (repeatable; default: both)")
     w.add_argument("--limit", type=int, default=16, help="stage task runs at once on this worker (their windows batch together)")
@@ -319,8 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "deploy": cmd_deploy, "worker": cmd_worker, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
-            "query": cmd_query, "export": cmd_export, "status": cmd_status}
+COMMANDS = {"up": cmd_up, "down": cmd_down, "deploy": cmd_deploy, "automations": cmd_automations, "worker": cmd_worker, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
+            "query": cmd_query, "export": cmd_export, "status": cmd_status, "retention": cmd_retention}
+
+COMMANDS.update({"search": cmd_search, "report": cmd_report})  # the analysts' commands
 
 
 def duckdb_error():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what scribeline needs on a Debian machine: ffmpeg, espeak-ng and sox from
+# Installs what scribeline needs on a Debian machine: ffmpeg, espeak-ng, sox and chromium from
 # Debian, and a virtual environment in .venv with the project and its pinned packages.
 # Safe to run again: it skips what is already in place.
 set -euo pipefail
@@ -12,6 +12,7 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the report test renders the charts headless
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian"
   $SUDO apt-get update -qq

@@ -37,13 +37,23 @@ def deploy(settings: Settings, pools: tuple[str, ...] = POOLS, only_missing: boo
 
     storage.ensure_buckets(settings)
     os.environ.update(worker_env(settings))
+    apply_automations()
     if only_missing and _deployed([f"{FLOWS[name]}/{name}" for pool in pools for name in DEPLOYMENTS[pool]]):
         return False
     deploy_all(pools)
     return True
 
 
-FLOWS = {"sweep": "scribeline-sweep", "process-media": "scribeline-process-media"}
+def apply_automations() -> dict[str, str]:
+    """deployments/automations.yaml on the API, created or updated by name (scribeline.automations)."""
+    from scribeline import automations
+
+    done = automations.apply()
+    print("automations: " + ", ".join(f"{name} {how}" for name, how in done.items()))
+    return done
+
+
+FLOWS = {"sweep": "scribeline-sweep", "retention": "scribeline-retention", "process-media": "scribeline-process-media"}
 
 
 def _deployed(names: list[str]) -> bool:

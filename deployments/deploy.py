@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 POOLS = ("scribeline-cpu", "scribeline-gpu")
 # The deployments of prefect.yaml, by the pool they run on.
-DEPLOYMENTS = {"scribeline-cpu": ("sweep",), "scribeline-gpu": ("process-media",)}
+DEPLOYMENTS = {"scribeline-cpu": ("sweep", "retention"), "scribeline-gpu": ("process-media",)}
 
 
 def prefect(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -31,6 +31,9 @@ def ensure_pool(name: str) -> None:
 def deploy_all(pools=POOLS) -> None:
     os.environ.setdefault("SCRIBELINE_CHECKOUT", str(ROOT))
     os.environ.setdefault("SCRIBELINE_SWEEP_CRON", "* * * * *")
+    from scribeline.config import Settings
+
+    os.environ.setdefault("SCRIBELINE_RETENTION_CRON", Settings.from_env().retention_cron)
     for pool in pools:
         ensure_pool(pool)
     names = [name for pool in pools for name in DEPLOYMENTS[pool]]

@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scribeline.governance import DEFAULT_CLASS_ENTITIES, DEFAULT_CLASS_RETENTION_DAYS, DEFAULT_RETENTION_DAYS
+
 PIPELINE_VERSION = "2"  # 2: no packing, row-invariant int8 decoding, guards
 ENV_PREFIX = "SCRIBELINE_"
 
@@ -72,6 +74,8 @@ class Settings:
     bucket_normalized: str = "scribeline-normalized"
     bucket_processed: str = "scribeline-processed"
     bucket_quarantine: str = "scribeline-quarantine"
+    bucket_redacted_audio: str = "scribeline-redacted-audio"
+    bucket_restricted: str = "scribeline-restricted"  # unredacted transcripts, only if keep_unredacted
     # Embedded services (only used when s3_endpoint is empty / no Prefect API is configured).
     embedded_s3_port: int = 8333
     prefect_port: int = 4200
@@ -113,6 +117,28 @@ class Settings:
         "IP_ADDRESS",
     )
     pii_score_threshold: float = 0.4
+    # How a detected value is written: replace (<PERSON>), mask (****, per word) or hash
+    # (<PERSON:3f9a1c2e>, a salted hash of the normalised value, so repeats can be counted).
+    # ``pii_operators`` overrides it per entity type: "PHONE_NUMBER=hash,PERSON=mask".
+    pii_operator: str = "replace"
+    pii_operators: str = ""
+    # The hash operator's salt; empty: generated once into <data_dir>/pii-hash-salt (mode 0600).
+    # Machines that share a warehouse must share the salt (set it from a secret store).
+    pii_hash_salt: str = ""
+    # A copy of the audio with every PII span beeped or muted, in bucket_redacted_audio: beep | mute | off.
+    audio_redaction: str = "off"
+    audio_redaction_padding_s: float = 0.25
+    # Keep the unredacted transcript (JSON) in the restricted bucket until its retention age.
+    keep_unredacted: bool = False
+    # Governance (scribeline/governance.py): data classes by source, regions, retention ages.
+    data_class_sources: str = ""
+    default_data_class: str = "internal"
+    data_class_entities: str = DEFAULT_CLASS_ENTITIES
+    retention_days: str = DEFAULT_RETENTION_DAYS
+    data_class_retention_days: str = DEFAULT_CLASS_RETENTION_DAYS
+    region: str = ""
+    source_regions: str = ""
+    retention_cron: str = "17 3 * * *"
     # Validation: the checks whose failure marks a media needs_review (names or expectation types/classes).
     critical_expectations: tuple[str, ...] = DEFAULT_CRITICAL_EXPECTATIONS
     # Orchestration.
@@ -202,9 +228,42 @@ class Settings:
 
     @property
     def buckets(self) -> tuple[str, ...]:
-        return (self.bucket_incoming, self.bucket_normalized, self.bucket_processed, self.bucket_quarantine)
+        return (self.bucket_incoming, self.bucket_normalized, self.bucket_processed, self.bucket_quarantine,
+                self.bucket_redacted_audio, self.bucket_restricted)
 
-    def fingerprint(self) -> str:
+    @property
+    def governance(self):
+        """Data classes, regions and retention ages (:class:`scribeline.governance.Governance`)."""
+        from scribeline.governance import Governance
+
+        return Governance.of(self)
+
+    def hash_salt(self) -> str:
+        """The PII hash operator's salt: configured, or generated once per data directory."""
+        if self.pii_hash_salt:
+            return self.pii_hash_salt
+        path = self.data_dir / "pii-hash-salt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_hex(32))
+            except FileExistsError:  # another process made it first
+                pass
+        return path.read_text().strip()
+
+    def operators(self) -> dict[str, str]:
+        """The redaction operator per entity type ('*': the default)."""
+        from scribeline.governance import _pairs
+
+        ops = {"*": self.pii_operator, **dict(_pairs(self.pii_operators, "SCRIBELINE_PII_OPERATORS"))}
+        bad = {v for v in ops.values() if v not in ("replace", "mask", "hash")}
+        if bad:
+            raise ValueError(f"unknown PII operator {sorted(bad)}: use replace, mask or hash")
+        return ops
+
+    def fingerprint(self, data_class: str | None = None) -> str:
         """Hash of everything that changes a transcript: part of each media's run key."""
         model_id = self.model
         path = Path(self.model).expanduser()
@@ -228,6 +287,15 @@ class Settings:
             "pii_score_threshold": self.pii_score_threshold,
             "critical_expectations": sorted(self.critical_expectations),
         }
+        ops = self.operators()
+        if ops != {"*": "replace"}:  # (keys made before operators existed stay valid)
+            relevant["pii_operators"] = ops
+            if "hash" in ops.values():  # another salt, other tags; the salt itself stays secret
+                relevant["pii_salt"] = hashlib.sha256(self.hash_salt().encode()).hexdigest()[:16]
+        if data_class and data_class != self.default_data_class:
+            # The same bytes from a source of another class are another media: other entities redacted.
+            relevant["data_class"] = data_class
+            relevant["class_entities"] = sorted(self.governance.entities(data_class, ()))
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def beam_for(self, source_sample_rate: int | None) -> int | None:
@@ -236,9 +304,9 @@ class Settings:
         beam = self.narrowband_beam_size if narrow else self.beam_size
         return beam if beam and beam > 1 else None
 
-    def run_key(self, sha256: str) -> str:
-        """The flow-run key: same content + same configuration = same key = no new work."""
-        return f"{sha256[:32]}-{self.fingerprint()}"
+    def run_key(self, sha256: str, data_class: str | None = None) -> str:
+        """The flow-run key: same content + same configuration (+ data class) = same key = no new work."""
+        return f"{sha256[:32]}-{self.fingerprint(data_class)}"
 
 
 def _coerce(f: dataclasses.Field, raw):

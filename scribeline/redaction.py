@@ -1,18 +1,60 @@
 """PII redaction with Presidio, at word granularity, so no fragment of a value survives.
 
 The transcript is analysed as one text (names and numbers often straddle
-sentence boundaries). Every word that overlaps a detected entity is replaced by
-the entity's tag (``<PERSON>``); consecutive redacted words of one entity
-collapse into a single tag in the segment text. Entities are reported with their
-type, time span and score, never their value.
+sentence boundaries). Every word that overlaps a detected entity is rewritten by
+its type's operator:
+
+- ``replace``: the entity's tag (``<PERSON>``);
+- ``mask``: the word's letters and digits as ``*`` (its length and punctuation stay);
+- ``hash``: the tag with a salted hash of the normalised value (``<PHONE_NUMBER:3f9a1c2e>``),
+  the same for every spelling of one number ("five five five 1234" and "555-1234"), so
+  analysts can count repeats without seeing values.
+
+Consecutive words of one entity collapse into a single tag in the segment text
+(``replace``, ``hash``). Entities are reported with their type, time span, score and
+(``hash`` only) the value's hash, never the value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field, replace
 
 from scribeline.pii import Region, find_pii
 from scribeline.transcript import Segment, Transcript, Word
+
+OPERATORS = ("replace", "mask", "hash")
+
+
+@dataclass(frozen=True)
+class Operators:
+    """How each entity type's value is written: ``by_type`` maps a type (or ``*``, the default) to an operator."""
+
+    by_type: dict[str, str] = field(default_factory=lambda: {"*": "replace"})
+    salt: str = ""  # the hash operator's secret
+
+    def of(self, entity_type: str) -> str:
+        return self.by_type.get(entity_type, self.by_type.get("*", "replace"))
+
+    def value_hash(self, entity_type: str, value: str) -> str | None:
+        if self.of(entity_type) != "hash":
+            return None
+        if not self.salt:
+            raise ValueError("the hash operator needs a salt")
+        digest = hmac.new(self.salt.encode(), f"{entity_type}:{normalised(value)}".encode(), hashlib.sha256)
+        return digest.hexdigest()[:8]
+
+
+def normalised(value: str) -> str:
+    """One spelling per value: a number's digits however they were spoken or written, else lowercase letters."""
+    from scribeline.spoken_pii import digit_runs
+
+    digits = "".join(r.digits for r in digit_runs(value))
+    if len(digits) >= 3:  # a number, however it was said
+        return digits
+    return re.sub(r"[^0-9a-z]+", "", value.lower())
 
 
 @dataclass
@@ -23,15 +65,19 @@ class PiiEntity:
     score: float
     segment_index: int
     recognizer: str
+    operator: str = "replace"
+    value_hash: str | None = None  # hash operator only: a salted hash, never the value
 
 
 @dataclass
 class RedactedTranscript:
     transcript: Transcript  # same shape as the input, every text field redacted
     entities: list[PiiEntity]
+    redacted_words: list[tuple[int, int]] = field(default_factory=list)  # (segment, word) indexes rewritten
 
 
-def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float = 0.4) -> RedactedTranscript:
+def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float = 0.4,
+           operators: Operators | None = None) -> RedactedTranscript:
     # Lay the transcript out as one text, remembering where each segment and word sits.
     pieces, seg_spans, word_spans = [], [], []
     pos = 0
@@ -52,8 +98,17 @@ def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float =
         pos += len(text)
     full = "".join(pieces)
     regions = find_pii(full, entities, threshold)
+    operators = operators or Operators()
+    hashes = {id(r): operators.value_hash(r.entity_type, full[r.start:r.end]) for r in regions}
+
+    def rewrite(region: Region, word: str) -> str:
+        op = operators.of(region.entity_type)
+        if op == "mask":
+            return re.sub(r"[0-9A-Za-z\u00C0-\uFFFF]", "*", word)
+        return f"<{region.entity_type}:{hashes[id(region)]}>" if op == "hash" else f"<{region.entity_type}>"
 
     found: list[PiiEntity] = []
+    redacted_words: list[tuple[int, int]] = []
     new_segments = []
     for i, seg in enumerate(transcript.segments):
         s_lo, s_hi = seg_spans[i]
@@ -62,16 +117,18 @@ def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float =
             new_segments.append(seg)
             continue
         if seg.words:
-            words, text = _redact_words(seg.words, word_spans[i], hits)
+            words, text, changed = _redact_words(seg.words, word_spans[i], hits, rewrite)
+            redacted_words.extend((i, k) for k in changed)
         else:
-            words, text = [], _redact_chars(full[s_lo:s_hi], s_lo, hits)
+            words, text = [], _redact_chars(full[s_lo:s_hi], s_lo, hits, rewrite)
         new_segments.append(replace(seg, text=text, words=words))
         for r in hits:
             covered = [w for w, (a, b) in zip(seg.words, word_spans[i]) if a < r.end and b > r.start]
             start = covered[0].start if covered else seg.start
             end = covered[-1].end if covered else seg.end
-            found.append(PiiEntity(r.entity_type, start, end, round(r.score, 4), i, r.recognizer))
-    return RedactedTranscript(replace(transcript, segments=new_segments), found)
+            found.append(PiiEntity(r.entity_type, start, end, round(r.score, 4), i, r.recognizer,
+                                   operators.of(r.entity_type), hashes[id(r)]))
+    return RedactedTranscript(replace(transcript, segments=new_segments), found, redacted_words)
 
 
 def _joined(words: list[Word]) -> str:
@@ -82,24 +139,27 @@ def _segment_text(seg: Segment) -> str:
     return _joined(seg.words).strip() if seg.words else seg.text
 
 
-def _redact_words(words: list[Word], spans, hits: list[Region]) -> tuple[list[Word], str]:
-    out_words, out_text, last_region = [], [], None
-    for w, (a, b) in zip(words, spans):
+def _redact_words(words: list[Word], spans, hits: list[Region], rewrite) -> tuple[list[Word], str, list[int]]:
+    out_words, out_text, changed, last_region = [], [], [], None
+    for k, (w, (a, b)) in enumerate(zip(words, spans)):
         region = next((r for r in hits if a < r.end and b > r.start), None)
         if region is None:
             out_words.append(w)
             out_text.append(w.word)
             last_region = None
             continue
-        tag = f"<{region.entity_type}>"
-        out_words.append(replace(w, word=(" " if w.word.startswith(" ") else "") + tag))
-        if region is not last_region:
-            out_text.append((" " if w.word.startswith(" ") else "") + tag)
+        lead = " " if w.word.startswith(" ") else ""
+        new = lead + rewrite(region, w.word.strip())
+        out_words.append(replace(w, word=new))
+        changed.append(k)
+        masked = new.strip().startswith("*") or not new.strip().startswith("<")
+        if region is not last_region or masked:  # a mask keeps every word's shape; a tag stands once
+            out_text.append(new)
         last_region = region
-    return out_words, "".join(out_text).strip()
+    return out_words, "".join(out_text).strip(), changed
 
 
-def _redact_chars(text: str, offset: int, hits: list[Region]) -> str:
+def _redact_chars(text: str, offset: int, hits: list[Region], rewrite) -> str:
     out, cursor = [], 0
     for r in sorted(hits, key=lambda r: r.start):
         a, b = max(r.start - offset, 0), min(r.end - offset, len(text))
@@ -111,7 +171,7 @@ def _redact_chars(text: str, offset: int, hits: list[Region]) -> str:
         if a < cursor:
             continue
         out.append(text[cursor:a])
-        out.append(f"<{r.entity_type}>")
+        out.append(rewrite(r, text[a:b]))
         cursor = b
     out.append(text[cursor:])
     return "".join(out)

@@ -48,16 +48,25 @@ def work_dir(settings: Settings, run_key: str) -> Path:
 
 # ------------------------------------------------------------------- ingest
 def ingest(settings: Settings, ref: ObjectRef) -> dict:
-    """Read the object, hash it, derive the run key."""
+    """Read the object, hash it, derive the run key (content, configuration and the source's data class).
+
+    An object from a source configured for another region is not read: it is quarantined
+    (stage ``region``) as it stands."""
+    governance = settings.governance
+    foreign = governance.foreign_region(ref.bucket, ref.key)
+    if foreign:
+        raise StageError("region", foreign)
+    data_class = governance.data_class(ref.bucket, ref.key)
     scratch = settings.data_dir / "work" / "incoming"
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = scratch / f"{abs(hash((ref.bucket, ref.key, time.time_ns())))}.part"
     sha, size, etag = storage.download(settings, ref, tmp)
-    run_key = settings.run_key(sha)
+    run_key = settings.run_key(sha, data_class)
     source = work_dir(settings, run_key) / "source"
     tmp.replace(source)
     return {"bucket": ref.bucket, "key": ref.key, "etag": etag, "size": size, "sha256": sha,
-            "run_key": run_key, "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+            "run_key": run_key, "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "data_class": data_class, "region": governance.region or None}
 
 
 def _source_path(settings: Settings, ingested: dict) -> Path:
@@ -258,11 +267,50 @@ def validate(settings: Settings, transcript: dict, duration_s: float, wave_size:
 
 
 # ------------------------------------------------------------------- redact
-def redact(settings: Settings, transcript: dict) -> dict:
+def redaction_operators(settings: Settings):
     from scribeline import redaction
 
-    result = redaction.redact(Transcript.from_dict(transcript), settings.pii_entities, settings.pii_score_threshold)
-    return {"transcript": result.transcript.as_dict(), "entities": [e.__dict__ for e in result.entities]}
+    ops = settings.operators()
+    return redaction.Operators(ops, settings.hash_salt() if "hash" in ops.values() else "")
+
+
+def redact(settings: Settings, transcript: dict, data_class: str | None = None) -> dict:
+    """The redacted transcript and its entities; ``data_class`` may add entity types (governance)."""
+    from scribeline import redaction
+
+    entities = settings.governance.entities(data_class or settings.default_data_class, settings.pii_entities)
+    result = redaction.redact(Transcript.from_dict(transcript), entities, settings.pii_score_threshold,
+                              redaction_operators(settings))
+    return {"transcript": result.transcript.as_dict(), "entities": [e.__dict__ for e in result.entities],
+            "redacted_words": [list(p) for p in result.redacted_words]}
+
+
+# ------------------------------------------------------------ restricted copies
+def redact_audio(settings: Settings, ingested: dict, segmented: dict, redacted: dict) -> str:
+    """The audio with every PII span beeped or muted (``audio_redaction``), one FLAC per track, in the
+    redacted-audio bucket under the media's data class. Returns the (first track's) s3:// URI."""
+    from scribeline import audio_redaction
+
+    cut = audio_redaction.spans(redacted["entities"], settings.audio_redaction_padding_s, segmented["duration_s"])
+    data_class = ingested.get("data_class") or settings.default_data_class
+    uris = []
+    for track in segmented["tracks"]:
+        suffix = ".redacted.flac" if track["channel"] is None else f".ch{track['channel']}.redacted.flac"
+        out = work_dir(settings, ingested["run_key"]) / ("redacted" + suffix)
+        audio_redaction.redact_track(_track_audio(settings, ingested["run_key"], track), out, cut, settings.audio_redaction)
+        key = storage.under(f"{data_class}/{ingested['sha256'][:16]}", ingested["key"] + suffix)
+        uris.append(storage.put_file(settings, settings.bucket_redacted_audio, key, out, "audio/flac").uri)
+    return uris[0]
+
+
+def keep_unredacted(settings: Settings, ingested: dict, transcript: dict) -> str:
+    """The unredacted transcript (JSON) in the restricted bucket, until its class's ``unredacted``
+    retention age (the retention flow deletes it). Only when ``keep_unredacted`` asks."""
+    data_class = ingested.get("data_class") or settings.default_data_class
+    key = storage.under(f"unredacted/{data_class}/{ingested['sha256'][:16]}", ingested["key"] + ".json")
+    return storage.put_json(settings, settings.bucket_restricted, key,
+                            {"source": f"s3://{ingested['bucket']}/{ingested['key']}", "media_id": ingested["run_key"],
+                             "data_class": data_class, "transcript": transcript}).uri
 
 
 # --------------------------------------------------------------------- load
@@ -277,9 +325,12 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
              temperature=s.temperature)
         for i, s in enumerate(t.segments)
     ])
+    rewritten = {tuple(p) for p in redacted["redacted_words"]} if "redacted_words" in redacted else None
     words = pd.DataFrame([
         dict(media_id=media_id, segment_index=i, word_index=k, start_s=w.start, end_s=w.end, word=w.word.strip(),
-             probability=w.probability, redacted=w.word.strip().startswith("<") and w.word.strip().endswith(">"))
+             probability=w.probability,
+             redacted=(i, k) in rewritten if rewritten is not None
+             else w.word.strip().startswith("<") and w.word.strip().endswith(">"))  # (results cached before)
         for i, s in enumerate(t.segments) for k, w in enumerate(s.words)
     ])
     pii = pd.DataFrame([dict(media_id=media_id, entity_index=k, **e) for k, e in enumerate(redacted["entities"])])
@@ -304,6 +355,9 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
         review_reasons=",".join(reasons) or None,
         gain_db=segmented["tracks"][0]["gain_db"], processing_s=round(processing_s, 3),
         processed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), pipeline_version=PIPELINE_VERSION,
+        data_class=ingested.get("data_class") or settings.default_data_class, region=ingested.get("region"),
+        redacted_audio_object=(redacted.get("protected") or {}).get("redacted_audio"),
+        unredacted_object=(redacted.get("protected") or {}).get("unredacted"),
     )
     return row, {"segments": segments, "words": words, "pii_entities": pii, "quality_checks": quality,
                  "transcript_flags": flags}

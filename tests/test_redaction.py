@@ -72,3 +72,46 @@ def test_redaction_goes_on_when_the_analyzer_process_dies():
     assert [s.text for s in after.transcript.segments] == [s.text for s in before.transcript.segments]
     assert "<PERSON>" in after.transcript.segments[0].text
     assert pii.analyzer_pid() != first
+
+
+# ------------------------------------------------------------------ operators
+from scribeline.redaction import Operators  # noqa: E402
+
+
+def _texts(out):
+    return [s.text for s in out.transcript.segments], [w.word.strip() for s in out.transcript.segments for w in s.words]
+
+
+def test_mask_keeps_each_words_shape_and_no_character_of_the_value():
+    t = transcript_of("Call me at 212-555-0199 today, John.")
+    out = redact(t, ENTITIES, operators=Operators({"*": "mask"}))
+    texts, words = _texts(out)
+    assert not any(d in texts[0] for d in ("212", "555", "0199", "John"))
+    assert texts[0].startswith("Call me at ***-***-****") and "today" in texts[0]
+    assert [w for w in words if "*" in w] == ["***-***-****", "****."]
+    assert {e.operator for e in out.entities} == {"mask"} and all(e.value_hash is None for e in out.entities)
+    assert out.redacted_words == [(0, 3), (0, 5)]
+
+
+def test_hash_gives_one_tag_per_value_however_it_was_spelled_and_depends_on_the_salt():
+    t = transcript_of("My number is 212-555-0199.", "Again, that is 2 1 2 5 5 5 0 1 9 9.",
+                      "My other number is 415-555-0123.")
+    ops = Operators({"*": "replace", "PHONE_NUMBER": "hash"}, salt="s3cret")
+    out = redact(t, ENTITIES, operators=ops)
+    phones = [e for e in out.entities if e.entity_type == "PHONE_NUMBER"]
+    assert len(phones) == 3 and all(e.operator == "hash" for e in phones)
+    assert phones[0].value_hash == phones[1].value_hash != phones[2].value_hash  # repeats countable
+    texts, words = _texts(out)
+    assert texts[0] == f"My number is <PHONE_NUMBER:{phones[0].value_hash}>"
+    assert not any(d in " ".join(texts + words) for d in ("212", "555", "0199", "0123"))
+    # The words carry the same tag as the text, one per word of the value.
+    assert words.count(f"<PHONE_NUMBER:{phones[0].value_hash}>") == 1 + 10
+    other = redact(t, ENTITIES, operators=Operators({"PHONE_NUMBER": "hash"}, salt="another"))
+    assert [e.value_hash for e in other.entities if e.entity_type == "PHONE_NUMBER"][0] != phones[0].value_hash
+
+
+def test_the_hash_operator_refuses_to_run_without_a_salt():
+    import pytest
+
+    with pytest.raises(ValueError, match="salt"):
+        redact(transcript_of("Call 212-555-0199."), ENTITIES, operators=Operators({"*": "hash"}))

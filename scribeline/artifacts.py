@@ -158,9 +158,9 @@ def media_markdown(outcome: dict, results: dict, ended: dict[str, float] | None 
         quality_ok = (results.get("validate") or {}).get("quality_ok")
         lines += ["## Quality", "",
                   f"- Quality checks: **{'all passed' if not failing else f'{len(failing)} of {len(checks or [])} failed'}**"
-                  f" (quality_ok = {str(bool(quality_ok)).lower()})",
-                  f"- needs_review: **{str(bool(reasons)).lower()}**"
-                  + (f"; review_reasons: {', '.join(_md(r) for r in reasons)}" if reasons else "")]
+                  f" (quality\\_ok = {str(bool(quality_ok)).lower()})",
+                  f"- needs\\_review: **{str(bool(reasons)).lower()}**"
+                  + (f"; review\\_reasons: {', '.join(_md(r) for r in reasons)}" if reasons else "")]
         if failing:
             lines += ["", "| Failing expectation | Table.column | Severity | Unexpected |", "|---|---|---|---:|"]
             lines += [f"| {_md(c['expectation'])} | {_md(c['table'])}.{_md(c['column'])} | {c['severity']} | "

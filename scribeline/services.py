@@ -151,6 +151,9 @@ def start_prefect(settings: Settings, timeout: float = 120.0) -> Service:
         raise RuntimeError(f"port {settings.prefect_port} is taken by another program; set SCRIBELINE_PREFECT_PORT")
     env = dict(os.environ, **prefect_env(settings))
     env.pop("PREFECT_API_URL", None)
+    # The UI asks the server where its API is; unset, it says :4200 whatever the port (the UI on
+    # another port then shows "Can't connect to Server API"). A configured one (a proxy) is kept.
+    env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{settings.prefect_port}/api")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
     # Lowest priority, as the S3 server: its bookkeeping waits while the model has the cores.
     _spawn(_niced(cmd), env, svc.log_file, svc.pid_file, settings.data_dir)

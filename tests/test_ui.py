@@ -68,7 +68,7 @@ def test_the_report_states_what_an_operator_looks_for(stage_results):
     assert f"| Words | {words} |" in md and words >= 20
     assert "| Codec | flac, 44100 Hz, 2 ch |" in md
     assert "## PII redacted" in md and ("None found." in md) == (not r["redact"]["entities"])
-    assert "- Quality checks: **all passed** (quality_ok = true)" in md and "- needs_review: **false**" in md
+    assert "- Quality checks: **all passed** (quality\\_ok = true)" in md and "- needs\\_review: **false**" in md
     # When each stage ended and how long after what it waited for: redact after transcribe, load after both.
     assert "| transcribe | 4.00 | 2.50 |" in md and "| redact | 5.50 | 1.50 |" in md and "| load | 6.00 | 0.50 |" in md
 
@@ -96,8 +96,8 @@ def test_the_report_shows_a_failing_verdict(stage_results):
              validate={"checks": checks, "quality_ok": False, "review": [failing]})
     md = artifacts.media_markdown({"key": "k.wav", "state": "processed"}, r)
     assert "| Outcome | **needs review** |" in md
-    assert f"- Quality checks: **1 of {len(checks)} failed** (quality_ok = false)" in md
-    assert "- needs_review: **true**; review_reasons: repeated\\_text, " in md
+    assert f"- Quality checks: **1 of {len(checks)} failed** (quality\\_ok = false)" in md
+    assert "- needs\\_review: **true**; review\\_reasons: repeated\\_text, " in md
     assert f"{checks[0]['unexpected_count']} of {checks[0]['element_count']} |" in md
     assert "| repeated\\_text | 0.0–11.0 s | the same phrase 9 times |" in md
     assert artifacts.review_reasons(r) == ["repeated_text", failing]

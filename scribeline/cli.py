@@ -1,4 +1,4 @@
-"""The ``scribeline`` command: up, down, deploy, worker, submit, run, demo, query, export, status."""
+"""The ``scribeline`` command: up, down, deploy, worker, submit, run, demo, query, export, search, report, status."""
 
 from __future__ import annotations
 

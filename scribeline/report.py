@@ -59,7 +59,7 @@ def latency_chart(con) -> Chart:
         part = df[df["needs_review"] == review]
         if len(part):
             fig.add_trace(go.Scatter(x=part["duration_s"], y=part["processing_s"], mode="markers", name=name,
-                                     text=part["source_key"], hovertemplate="%{text}<br>%{x:.1f} s audio, %{y:.1f} s"))
+                                     cliponaxis=False, text=part["source_key"], hovertemplate="%{text}<br>%{x:.1f} s audio, %{y:.1f} s"))
     chart.figure = _layout(fig, "media duration (s)", "processing (s)")
     chart.figure.update_xaxes(rangemode="tozero")
     chart.figure.update_yaxes(rangemode="tozero")

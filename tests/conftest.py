@@ -164,3 +164,13 @@ def transcript_of(*sentences: str):
             t += 0.4
         segments.append(Segment(words[0].start, words[-1].end, text, 0, -0.2, 0.01, 1.3, 0.0, words))
     return Transcript("en", 1.0, segments)
+
+
+def own_buckets_env(prefix: str, tmp: Path, **settings: str) -> dict[str, str]:
+    """SCRIBELINE_* variables giving a test buckets and a warehouse of its own (on the session's S3 server),
+    plus the given settings (``audio_redaction="beep"`` -> ``SCRIBELINE_AUDIO_REDACTION=beep``)."""
+    env = {f"SCRIBELINE_BUCKET_{b.upper()}": f"{prefix}-{b.replace('_', '-')}"
+           for b in ("incoming", "normalized", "processed", "quarantine", "redacted_audio", "restricted")}
+    env["SCRIBELINE_WAREHOUSE_PATH"] = str(tmp / "lake.sqlite")
+    env.update({f"SCRIBELINE_{k.upper()}": v for k, v in settings.items()})
+    return env

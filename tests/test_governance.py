@@ -14,7 +14,7 @@ import pytest
 from scribeline import audio_redaction, retention, storage, warehouse
 from scribeline.config import Settings
 from scribeline.governance import Governance, GovernanceError
-from tests.conftest import speak
+from tests.conftest import own_buckets_env, speak
 
 SAID = "My name is John Smith and my phone number is 212 555 0199. Thank you very much for calling."
 
@@ -80,13 +80,9 @@ def governed(s3, prefect_api, media_dir, tmp_path_factory):
     from flows.process_incoming import process_incoming
 
     tmp = tmp_path_factory.mktemp("governed")
-    env = {f"SCRIBELINE_BUCKET_{b.upper()}": f"gov-{b.replace('_', '-')}"
-           for b in ("incoming", "normalized", "processed", "quarantine", "redacted_audio", "restricted")}
-    env.update(SCRIBELINE_WAREHOUSE_PATH=str(tmp / "lake.sqlite"),
-               SCRIBELINE_DATA_CLASS_SOURCES="gov-incoming/hr/=sensitive,gov-incoming/press/=public",
-               SCRIBELINE_REGION="eu-west-1", SCRIBELINE_SOURCE_REGIONS="gov-incoming/us/=us-east-1",
-               SCRIBELINE_AUDIO_REDACTION="beep", SCRIBELINE_KEEP_UNREDACTED="true",
-               SCRIBELINE_PII_OPERATORS="PHONE_NUMBER=hash", SCRIBELINE_PII_HASH_SALT="governance-test-salt")
+    env = own_buckets_env("gov", tmp, data_class_sources="gov-incoming/hr/=sensitive,gov-incoming/press/=public",
+                          region="eu-west-1", source_regions="gov-incoming/us/=us-east-1", audio_redaction="beep",
+                          keep_unredacted="true", pii_operators="PHONE_NUMBER=hash", pii_hash_salt="governance-test-salt")
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)

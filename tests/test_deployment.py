@@ -1,9 +1,12 @@
 """The production runtime on real processes: `scribeline up` (S3 server, Prefect server, workers for
 both pools and the stage worker), the scheduled sweep's per-media runs, and exactly-once under faults."""
 
+import html
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scribeline import services, storage, warehouse
+from scribeline import artifacts, services, storage, warehouse
 from scribeline.config import Settings
 from tests.conftest import ROOT, free_s3_port, niceness
 
@@ -125,6 +128,56 @@ def test_a_short_file_goes_through_the_deployments(stack, media_dir):
     assert "Subscribing to runs of task(s)" in log and "transcribe" in log
     status = json.loads(cli(env, "status").stdout)
     assert status["ledger"] == {"processed": 1} and status["workers_running"]
+
+
+def _browse(url: str, *args: str) -> str:
+    """A page of Prefect's UI (a single-page app) in headless Chromium, after its scripts ran."""
+    result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+                             "--window-size=1400,1000", *args, url], capture_output=True, text=True, timeout=180)
+    return result.stdout
+
+
+def _text(dom: str) -> str:
+    dom = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/setup.sh)")
+def test_the_ui_shows_the_media_run_and_its_report(stack):
+    """The run of test_a_short_file_goes_through_the_deployments as an operator sees it in Prefect's UI:
+    its page (name, state, tags) and its report, rendered. Screenshots in test-output/."""
+    env, _, _ = stack
+    base = f"http://127.0.0.1:{env['SCRIBELINE_PREFECT_PORT']}"
+    runs = [r for r in _api(env, "/flow_runs/filter")
+            if r["name"] == "media-en_harvard_birch_canoe.wav" and r["state_type"] == "COMPLETED"]
+    assert runs, "test_a_short_file_goes_through_the_deployments leaves the run this test looks at"
+    run = runs[0]
+    # The sweep tagged it at creation (source, extension); the run added what its stages found.
+    assert {"scribeline", "attempt-1", "source:scribeline-incoming", "ext:wav", "codec:pcm_s16le", "lang:en"} <= set(run["tags"])
+    (report,) = [a for a in _api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+                 if a["type"] == "markdown"]
+    assert report["key"] == artifacts.artifact_key("en_harvard_birch_canoe.wav")
+    sweeps = _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": [artifacts.SWEEP_KEY]}}})
+    assert any("s3://scribeline-incoming/en_harvard_birch_canoe.wav" in json.dumps(a["data"]) for a in sweeps)
+
+    out = ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    page = _text(_browse(f"{base}/runs/flow-run/{run['id']}", "--dump-dom"))
+    assert "media-en_harvard_birch_canoe.wav" in page and "Completed" in page, page[:3000]
+    assert "codec:pcm_s16le" in page and "lang:en" in page and "Artifacts" in page
+    words = re.search(r"\| Words \| (\d+) \|", report["data"]).group(1)
+    shown = _text(_browse(f"{base}/artifacts/artifact/{report['id']}", "--dump-dom"))
+    # The markdown rendered (a table, not its pipes): the facts, the verdict and the stage timings.
+    assert "Words " + words in shown and "Language en" in shown and "Outcome processed" in shown, shown[:3000]
+    assert "Quality" in shown and "needs_review" in shown and "Stage timings" in shown and "| Words |" not in shown
+    assert "media-en_harvard_birch_canoe.wav" in shown  # the side panel's flow run
+    # (?tab=Artifacts on a run's page does not stick on a fresh load: the UI hides that tab until the
+    # run's state has loaded and falls back to Logs. The artifact's own page is the one to link.)
+    for name, url in (("ui-flow-run.png", f"{base}/runs/flow-run/{run['id']}"),
+                      ("ui-media-report.png", f"{base}/artifacts/artifact/{report['id']}")):
+        (out / name).unlink(missing_ok=True)
+        _browse(url, f"--screenshot={out / name}")
+        assert (out / name).stat().st_size > 20_000, name
 
 
 

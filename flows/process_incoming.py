@@ -254,7 +254,7 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
     # Validation and redaction both read the transcript: one wave, side by side.
     _wave({"validate": lambda m, n: _dispatch(validate, settings, m)(
                m.run_key, _arg(m.results["transcribe"], settings), m.results["segment"]["duration_s"],
-               0 if settings.stage_workers else n),
+               0 if settings.stage_workers else n, _media_facts(m.results["segment"])),
            "redact": lambda m, n: _dispatch(redact, settings, m)(m.run_key, _arg(m.results["transcribe"], settings),
                                                                  m.results["ingest"].get("data_class"))},
           items, settings)
@@ -325,6 +325,11 @@ def _finish_ledgered(items: list[_Media], settings: Settings) -> None:
         m.outcome = {"key": m.ref.key, "state": "finished", "media_id": row["media_id"],
                      "note": f"already {row['state']} (ledger): nothing added; moved to s3://{dest_bucket}/{dest_key}",
                      "seconds": round(time.monotonic() - m.started, 2)}
+
+
+def _media_facts(segmented: dict) -> dict:
+    """What the media suite checks of the normalized media (validation.media_frame)."""
+    return {"sample_rate": segmented["info"].get("sample_rate"), "speech_s": segmented.get("speech_s")}
 
 
 def _arg(value, settings: Settings):

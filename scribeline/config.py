@@ -38,6 +38,7 @@ DEFAULT_CRITICAL_EXPECTATIONS: tuple[str, ...] = (
     "words.start_s:expect_column_values_to_be_between",
     "words.start_s:expect_column_pair_values_a_to_be_greater_than_b",
     "words.end_s+start_s:expect_column_pair_values_a_to_be_greater_than_b",
+    "redacted.residual_pii:expect_column_values_to_be_null",  # a structured value survived redaction
 )
 
 

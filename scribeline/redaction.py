@@ -77,7 +77,9 @@ class RedactedTranscript:
 
 
 def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float = 0.4,
-           operators: Operators | None = None) -> RedactedTranscript:
+           operators: Operators | None = None, residual_guard: bool = False) -> RedactedTranscript:
+    """``residual_guard``: also redact what ``spoken_pii.residual_pii`` finds outside Presidio's findings
+    (run when the redacted output failed its suite: see ``stages.redact``)."""
     # Lay the transcript out as one text, remembering where each segment and word sits.
     pieces, seg_spans, word_spans = [], [], []
     pos = 0
@@ -98,6 +100,8 @@ def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float =
         pos += len(text)
     full = "".join(pieces)
     regions = find_pii(full, entities, threshold)
+    if residual_guard:
+        regions = _with_residuals(full, regions)
     operators = operators or Operators()
     hashes = {id(r): operators.value_hash(r.entity_type, full[r.start:r.end]) for r in regions}
 
@@ -129,6 +133,18 @@ def redact(transcript: Transcript, entities: tuple[str, ...], threshold: float =
             found.append(PiiEntity(r.entity_type, start, end, round(r.score, 4), i, r.recognizer,
                                    operators.of(r.entity_type), hashes[id(r)]))
     return RedactedTranscript(replace(transcript, segments=new_segments), found, redacted_words)
+
+
+def _with_residuals(full: str, regions: list[Region]) -> list[Region]:
+    """Presidio's regions plus every residual value outside them (numbers as phone numbers, e-mails)."""
+    from scribeline.spoken_pii import residual_pii
+
+    blanked = list(full)
+    for r in regions:
+        blanked[r.start:r.end] = " " * (r.end - r.start)
+    extra = [Region(a, b, "PHONE_NUMBER" if kind == "number" else "EMAIL_ADDRESS", 1.0, "ResidualGuard")
+             for a, b, kind in residual_pii("".join(blanked))]
+    return sorted(regions + extra, key=lambda r: r.start)
 
 
 def _joined(words: list[Word]) -> str:

@@ -184,3 +184,31 @@ def plausible_name(entity_type: str, value: str) -> bool:
     """Whether a spaCy name/place finding may stand: whisper capitalizes names, so a finding with no
     capital letter ("canoe", "the north") is a common word."""
     return entity_type not in NER_ENTITIES or any(c.isupper() for c in value)
+
+
+# ------------------------------------------------------------------ residuals
+# What the redacted output is checked for (validation's ``redacted`` suite): a structured value
+# that survived redaction, in any spelling. Redaction tags (``<PHONE_NUMBER:3f9a1c2e>``) are
+# blanked first: their hash's digits are no spoken number.
+_TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>")
+_WRITTEN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_SPOKEN_EMAIL = re.compile(rf"\b{_NAME}(?:{_DOT}{_NAME})*\s+at\s+{_NAME}(?:{_DOT}{_NAME})*{_DOT}{_TLD}\b", re.I)
+_RUN_TOGETHER_EMAIL = re.compile(rf"\b{_NAME}(?:\.{_NAME})*at[a-z0-9-]+\.{_TLD}\b", re.I)
+RESIDUAL_MIN_DIGITS = 7  # a phone number's local part; card numbers and SSNs are longer
+
+
+def residual_pii(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, kind) of every structured value left in ``text``: a number of 7+ digits however
+    it is written or spelled (not an amount, not an IP address), or an e-mail address written,
+    spoken ("maria dot patel at mailpost dot org") or run together ("patelatmailpost.org")."""
+    clean = _TAG.sub(lambda m: " " * len(m.group()), text)  # same offsets
+    found = []
+    for run in digit_runs(clean):
+        written = clean[run.start:run.end].strip()
+        if (len(run.digits) >= RESIDUAL_MIN_DIGITS and not _QUANTITY.fullmatch(written)
+                and not _DOTTED_QUAD.fullmatch(written)):
+            found.append((run.start, run.end, "number"))
+    for pattern in (_WRITTEN_EMAIL, _SPOKEN_EMAIL, _RUN_TOGETHER_EMAIL):
+        found += [(m.start(), m.end(), "email") for m in pattern.finditer(clean)
+                  if not any(a < m.end() and m.start() < b for a, b, _ in found)]
+    return sorted(found)

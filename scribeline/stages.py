@@ -253,14 +253,14 @@ def _validate_many(items):
 _validations = Coalescer(_validate_many, quiet_s=0.05, max_wait_s=0.5)
 
 
-def validate(settings: Settings, transcript: dict, duration_s: float, wave_size: int = 0) -> dict:
+def validate(settings: Settings, transcript: dict, duration_s: float, wave_size: int = 0, media: dict | None = None) -> dict:
     """The transcript's quality checks; ``wave_size`` media validate together (their round
     starts once all have called, not after a quiet moment).
 
     A failing critical check (``settings.critical_expectations``) is a verdict, not a
     quarantine: the media is loaded with ``needs_review``, the check's name among its
     ``review_reasons`` (``review``)."""
-    report = _validations((Transcript.from_dict(transcript), duration_s), expected=wave_size)
+    report = _validations((Transcript.from_dict(transcript), duration_s, media), expected=wave_size)
     report = report.classified(settings.critical_expectations)
     checks = [c.__dict__ for c in report.checks]
     return {"checks": checks, "quality_ok": report.quality_ok, "review": report.review_reasons}
@@ -278,11 +278,20 @@ def redact(settings: Settings, transcript: dict, data_class: str | None = None) 
     """The redacted transcript and its entities; ``data_class`` may add entity types (governance)."""
     from scribeline import redaction
 
+    from scribeline import validation
+
     entities = settings.governance.entities(data_class or settings.default_data_class, settings.pii_entities)
-    result = redaction.redact(Transcript.from_dict(transcript), entities, settings.pii_score_threshold,
-                              redaction_operators(settings))
+    source = Transcript.from_dict(transcript)
+    result = redaction.redact(source, entities, settings.pii_score_threshold, redaction_operators(settings))
+    # The redacted output's suite: a structured value left in any spelling is a verdict (needs_review),
+    # and the residual guard redacts it before anything is loaded.
+    report = validation.validate_redacted(result.transcript, settings.critical_expectations)
+    if not all(c.success for c in report.checks):  # critical or not, nothing is loaded unredacted
+        result = redaction.redact(source, entities, settings.pii_score_threshold, redaction_operators(settings),
+                                  residual_guard=True)
     return {"transcript": result.transcript.as_dict(), "entities": [e.__dict__ for e in result.entities],
-            "redacted_words": [list(p) for p in result.redacted_words]}
+            "redacted_words": [list(p) for p in result.redacted_words],
+            "checks": [c.__dict__ for c in report.checks], "review": report.review_reasons}
 
 
 # ------------------------------------------------------------ restricted copies
@@ -338,20 +347,21 @@ def warehouse_rows(settings: Settings, ingested: dict, segmented: dict, redacted
         dict(media_id=media_id, check_index=k, table_name=c["table"], expectation=c["expectation"], column_name=c["column"],
              severity=c["severity"], success=c["success"], element_count=c["element_count"],
              unexpected_count=c["unexpected_count"], details=c["details"])
-        for k, c in enumerate(checks["checks"])
+        for k, c in enumerate(checks["checks"] + redacted.get("checks", []))
     ])
     flags = pd.DataFrame([dict(media_id=media_id, flag_index=k, flag=f.name, window_index=f.window_index,
                                start_s=f.start, end_s=f.end, reason=f.reason) for k, f in enumerate(t.flags)])
     # The guards' flags, then the failing critical checks (a validate result cached before they
     # were listed has none).
-    reasons = list(dict.fromkeys([f.name for f in t.flags] + list(checks.get("review", []))))
+    reasons = list(dict.fromkeys([f.name for f in t.flags] + list(checks.get("review", [])) + list(redacted.get("review", []))))
     row = dict(
         media_id=media_id, source_bucket=ingested["bucket"], source_key=ingested["key"], source_etag=ingested["etag"],
         size_bytes=ingested["size"], sha256=ingested["sha256"], container=info["container"], codec=info["codec"],
         sample_rate=info["sample_rate"], channels=info["channels"], bit_rate=info["bit_rate"],
         duration_s=round(segmented["duration_s"], 3), language=t.language, language_probability=t.language_probability,
         model=Path(settings.model).name, task=settings.task, segment_count=len(t.segments), word_count=len(words),
-        pii_count=len(pii), no_speech=t.no_speech, quality_ok=checks["quality_ok"], needs_review=bool(reasons),
+        pii_count=len(pii), no_speech=t.no_speech,
+        quality_ok=checks["quality_ok"] and all(c["success"] for c in redacted.get("checks", [])), needs_review=bool(reasons),
         review_reasons=",".join(reasons) or None,
         gain_db=segmented["tracks"][0]["gain_db"], processing_s=round(processing_s, 3),
         processed_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), pipeline_version=PIPELINE_VERSION,

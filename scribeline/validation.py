@@ -184,7 +184,50 @@ def _suites():
         ("end_s,start_s", E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end_s", column_B="start_s", or_equal=True)),
         ("probability", E.ExpectColumnValuesToBeBetween(column="probability", min_value=0.0, max_value=1.0)),
     ]
-    return {"segments": segments, "words": words}
+    # The normalized media: facts from probing and VAD (see :func:`media_frame`).
+    media = [
+        ("duration_s", E.ExpectColumnValuesToBeBetween(column="duration_s", min_value=0.1, max_value=MAX_MEDIA_S)),
+        ("sample_rate", E.ExpectColumnValuesToBeBetween(column="sample_rate", min_value=8000)),
+        ("speech_ratio", E.ExpectColumnValuesToBeBetween(column="speech_ratio", min_value=MIN_SPEECH_RATIO,
+                                                         max_value=1.0)),
+    ]
+    return {"segments": segments, "words": words, "media": media}
+
+
+def _redacted_suite():
+    """The redacted output, before it is loaded: no structured value left in any spelling."""
+    import great_expectations as gx
+
+    return {"redacted": [("residual_pii", gx.expectations.ExpectColumnValuesToBeNull(column="residual_pii"))]}
+
+
+MAX_MEDIA_S = 12 * 3600.0
+MIN_SPEECH_RATIO = 0.02  # less: mostly silence or music (a warning, not a verdict)
+
+
+def media_frame(items: Sequence[tuple[float, dict | None]]) -> pd.DataFrame:
+    """One row per media: its duration and, where given, ``{"sample_rate", "speech_s"}`` from normalize/segment."""
+    rows = []
+    for item, (duration_s, facts) in enumerate(items):
+        facts = facts or {}
+        speech = facts.get("speech_s")
+        rows.append(dict(item=item, duration_s=duration_s, sample_rate=facts.get("sample_rate"),
+                         speech_ratio=None if speech is None or not duration_s else round(speech / duration_s, 4)))
+    df = pd.DataFrame(rows, columns=["item", "duration_s", "sample_rate", "speech_ratio"])
+    return df.astype({"duration_s": "float64", "sample_rate": "float64", "speech_ratio": "float64"})
+
+
+def redacted_frame(transcript: Transcript) -> pd.DataFrame:
+    """Every text bound for the warehouse (segment texts, words, and the whole text, where a number may
+    continue across segments) with what :func:`spoken_pii.residual_pii` finds left in it."""
+    from scribeline.spoken_pii import residual_pii
+
+    texts = [("segment", s.text) for s in transcript.segments]
+    texts += [("word", w.word) for s in transcript.segments for w in s.words]
+    texts.append(("transcript", " ".join(s.text for s in transcript.segments)))
+    rows = [dict(item=0, kind=kind, residual_pii=",".join(k for _, _, k in residual_pii(text)) or None)
+            for kind, text in texts]
+    return pd.DataFrame(rows, columns=["item", "kind", "residual_pii"]).astype({"residual_pii": "object"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,7 +242,7 @@ def _context():
     source = context.data_sources.add_pandas("scribeline")
     return context, {
         name: source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-        for name in ("segments", "words")
+        for name in ("segments", "words", "media", "redacted")
     }
 
 
@@ -220,27 +263,41 @@ def _missing(df: pd.DataFrame, expectation_type: str, kwargs: dict) -> pd.Series
 
 
 def validate(transcript: Transcript, duration_s: float,
-             critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS) -> ValidationReport:
-    return validate_many([(transcript, duration_s)], critical)[0]
+             critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS, media: dict | None = None) -> ValidationReport:
+    return validate_many([(transcript, duration_s, media)], critical)[0]
 
 
-def validate_many(transcripts: Sequence[tuple[Transcript, float]],
+def validate_many(transcripts: Sequence[tuple],
                   critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS) -> list[ValidationReport]:
-    """Validate several (transcript, media duration) pairs with one Great Expectations run per table.
+    """Validate several (transcript, media duration[, media facts]) with one Great Expectations run per table.
 
     A run costs about the same for one media's rows as for many, so the flow's
     concurrent validate tasks are served together (see ``batching.Coalescer``).
     Each media gets its own report: counts and success are computed from the
     unexpected rows that belong to it, with each expectation's ``mostly``. A check is
     ``critical`` when ``critical`` names it (:func:`is_critical`), else ``warning``.
+    Media facts (``{"sample_rate", "speech_s"}``) feed the ``media`` suite.
     """
+    pairs = [(t[0], t[1]) for t in transcripts]
+    segments, words = frames(pairs)
+    media = media_frame([(t[1], t[2] if len(t) > 2 else None) for t in transcripts])
+    checks = _run({"segments": segments, "words": words, "media": media}, _suites(), len(transcripts))
+    return [ValidationReport(c).classified(critical) for c in checks]
+
+
+def validate_redacted(transcript: Transcript, critical: Sequence[str] = DEFAULT_CRITICAL_EXPECTATIONS) -> ValidationReport:
+    """The redacted output's suite (``redacted``): what the load would write holds no structured value."""
+    return ValidationReport(_run({"redacted": redacted_frame(transcript)}, _redacted_suite(), 1)[0]).classified(critical)
+
+
+def _run(dfs: dict[str, pd.DataFrame], suites: dict, n_items: int) -> list[list[CheckResult]]:
+    """Each table's suite over its frame (rows carry ``item``); results split per item."""
     import great_expectations as gx
 
-    dfs = dict(zip(("segments", "words"), frames(transcripts)))
-    checks: list[list[CheckResult]] = [[] for _ in transcripts]
+    checks: list[list[CheckResult]] = [[] for _ in range(n_items)]
     with _lock:  # the ephemeral context is shared by the process's threads
         context, batch_defs = _context()
-        for table, expectations in _suites().items():
+        for table, expectations in suites.items():
             df = dfs[table]
             suite = gx.ExpectationSuite(name=f"{table}-{threading.get_ident()}")
             for column, expectation in expectations:
@@ -257,7 +314,7 @@ def validate_many(transcripts: Sequence[tuple[Transcript, float]],
                 info = r.exception_info or {}
                 if info.get("raised_exception") or any(isinstance(v, dict) and v.get("raised_exception") for v in info.values()):
                     raise RuntimeError(f"{cfg.type} on {table} raised: {info}")
-                for item in range(len(transcripts)):
+                for item in range(n_items):
                     rows = df["item"] == item
                     element_count = int(rows.sum())
                     unexpected = int((unexpected_items == item).sum())
@@ -271,4 +328,4 @@ def validate_many(transcripts: Sequence[tuple[Transcript, float]],
                         unexpected_count=unexpected,
                         details=json.dumps({"kwargs": kwargs, "evaluated": evaluated}, default=str),
                     ))
-    return [ValidationReport(c).classified(critical) for c in checks]
+    return checks

@@ -187,6 +187,7 @@ import sys, time, pathlib
 from scribeline import warehouse
 lake, errors, stop = warehouse.Lake.of(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 con = warehouse.connect(lake, read_only=True)  # an analyst's session, held open throughout
+con.execute("SET enable_progress_bar = false")  # (a slow query would draw one on stdout, where the count goes)
 polls = 0
 while not stop.exists():
     try:
@@ -275,7 +276,8 @@ def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_pat
         ended = wait_for(all_ended, 1200, every=5.0, on_wait=resweep)
     finally:
         stop.touch()
-        polls = int(analyst.communicate(timeout=60)[0].strip() or 0)
+        printed = analyst.communicate(timeout=60)[0].strip().splitlines()
+        polls = int(printed[-1]) if printed and printed[-1].isdigit() else 0
     log = (Path(env["SCRIBELINE_DATA_DIR"]) / "run" / "worker.log").read_text()
     assert ended, log[-5000:]
 

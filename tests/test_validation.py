@@ -20,7 +20,7 @@ def test_a_sound_transcript_passes_every_check():
     report = validate(_t(_seg(0.0, 1.0), _seg(1.5, 2.5)), duration_s=3.0)
     assert report.passed and report.quality_ok
     assert len(report.checks) >= 10
-    assert {c.table for c in report.checks} == {"segments", "words"}
+    assert {c.table for c in report.checks} == {"segments", "words", "media"}
 
 
 def test_timestamps_beyond_the_media_fail_critically():
@@ -58,7 +58,8 @@ def test_media_validated_together_get_their_own_verdicts():
     # Counts are per media, not over the combined rows.
     logprob = next(c for c in reports[4].checks if c.column == "avg_logprob")
     assert (logprob.element_count, logprob.unexpected_count) == (3, 3)
-    assert all(c.element_count == 0 for c in reports[5].checks)
+    assert all(c.element_count == 0 for c in reports[5].checks if c.table != "media")  # no segments, no words
+    assert all(c.element_count == 1 for c in reports[5].checks if c.table == "media")  # one media row each
     # The same verdicts as validating each alone.
     singles = [validate(t, d) for t, d in [(sound, 3.0), (past_end, 3.0), (past_end, 10.0), (unordered, 3.0), (unsure, 5.0), (_t(), 1.0)]]
     assert [[(c.column, c.success, c.unexpected_count) for c in r.checks] for r in reports] == \
@@ -110,7 +111,11 @@ def test_which_expectations_are_critical_is_configuration():
                         "segments.end_s:expect_column_pair_values_a_to_be_greater_than_b"}
     # ...and under the defaults, every check the suite had as critical still is, with the guards' ones.
     default = validate(_t(_seg(0.0, 1.0)), 3.0)
-    assert {check_name(c) for c in default.checks if c.severity == "critical"} == set(DEFAULT_CRITICAL_EXPECTATIONS)
+    from scribeline.validation import validate_redacted
+
+    default_redacted = validate_redacted(_t(_seg(0.0, 1.0)))
+    assert {check_name(c) for c in default.checks + default_redacted.checks if c.severity == "critical"} == \
+        set(DEFAULT_CRITICAL_EXPECTATIONS)
 
 
 def test_a_critical_failure_is_loaded_for_review_not_quarantined(settings, tmp_path):
@@ -138,3 +143,43 @@ def test_a_repeated_sentence_ends_as_needs_review_with_the_failing_expectations(
     failed = quality[~quality["success"]].set_index("column_name")
     assert set(failed.index) == {"repeated_phrase", "guard_flags"}
     assert failed.loc["repeated_phrase", "unexpected_count"] == 2  # both segments of the window
+
+
+# ------------------------------------------------------- media and redacted output
+def test_the_normalized_media_suite_warns_on_a_file_of_almost_no_speech():
+    sound = validate(_t(_seg(0.0, 1.0)), duration_s=3.0, media={"sample_rate": 16000, "speech_s": 2.0})
+    assert sound.passed and sound.quality_ok
+    quiet = validate(_t(_seg(0.0, 1.0)), duration_s=600.0, media={"sample_rate": 4000, "speech_s": 1.0})
+    failed = {check_name(c) for c in quiet.checks if not c.success}
+    assert failed == {"media.sample_rate:expect_column_values_to_be_between",
+                      "media.speech_ratio:expect_column_values_to_be_between"}
+    assert quiet.passed and not quiet.quality_ok  # warnings: loaded as good quality-wise, flagged in quality_ok
+
+
+def test_the_redacted_output_suite_finds_a_value_left_in_any_spelling():
+    from scribeline.validation import validate_redacted
+
+    clean = _t(_seg(0.0, 1.0, "call <PHONE_NUMBER:3f9a1c2e> or write to <EMAIL_ADDRESS>"), _seg(1.0, 2.0, "in 1999 we met"))
+    assert validate_redacted(clean).passed
+    for left in ("call five five five, seven oh two, three one nine eight", "call 555. 702-3198",
+                 "mail maria dot patel at mailpost dot org", "it is patelatmailpost.org"):
+        report = validate_redacted(_t(_seg(0.0, 1.0, left)))
+        assert not report.passed, left
+        assert report.review_reasons == ["redacted.residual_pii:expect_column_values_to_be_null"]
+    # A number that continues into the next segment is found in the whole text.
+    assert not validate_redacted(_t(_seg(0.0, 1.0, "my number is 555"), _seg(1.0, 2.0, "7023198 thanks"))).passed
+
+
+def test_a_value_redaction_was_not_configured_for_is_still_kept_out_and_marked_for_review(settings):
+    from tests.conftest import transcript_of
+
+    t = transcript_of("Hi, it is Maria, call me on 5 5 5 7 0 2 3 1 9 8 or maria dot patel at mailpost dot org.")
+    narrow = replace(settings, pii_entities=("PERSON",))  # an operator left phone numbers and e-mails out
+    out = stages.redact(narrow, t.as_dict())
+    text = " ".join(s["text"] for s in out["transcript"]["segments"])
+    assert "5557" not in text.replace(" ", "") and "mailpost" not in text and "<PERSON>" in text
+    assert "redacted.residual_pii:expect_column_values_to_be_null" in out["review"]
+    guard = [e for e in out["entities"] if e["recognizer"] == "ResidualGuard"]
+    assert {e["entity_type"] for e in guard} == {"PHONE_NUMBER", "EMAIL_ADDRESS"}
+    full = stages.redact(settings, t.as_dict())  # the default entities catch them: no verdict
+    assert full["review"] == [] and all(c["success"] for c in full["checks"])

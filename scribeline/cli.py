@@ -338,6 +338,14 @@ def cmd_retention(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_data_docs(settings: Settings, args) -> int:
+    """Great Expectations Data Docs of the latest media's stored quality checks (scribeline/data_docs.py)."""
+    from scribeline import data_docs
+
+    print(data_docs.build(settings, args.limit))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scribeline", description="Media in S3 -> validated, redacted transcripts in DuckDB.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -373,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--pool", action="append", help="only this pool's deployments (repeatable)")
     sub.add_parser("automations", help="create or update the Prefect automations of deployments/automations.yaml "
                                        "(notifications through the block in SCRIBELINE_NOTIFY_BLOCK)")
+    dd = sub.add_parser("data-docs", help="build Great Expectations Data Docs of the latest media's quality checks")
+    dd.add_argument("--limit", type=int, default=100, help="how many of the latest media")
     rt = sub.add_parser("retention", help="delete originals, audio and unredacted transcripts past their data class's age")
     rt.add_argument("--dry-run", action="store_true", help="list what is due, delete nothing")
     w = sub.add_parser("worker", help="serve work pools' flow runs and the heavy stages (model kept loaded) until stopped")
@@ -384,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "deploy": cmd_deploy, "automations": cmd_automations, "worker": cmd_worker, "submit": cmd_submit, "run": cmd_run, "demo": cmd_demo,
-            "query": cmd_query, "export": cmd_export, "status": cmd_status, "retention": cmd_retention}
+            "query": cmd_query, "export": cmd_export, "status": cmd_status, "retention": cmd_retention,
+            "data-docs": cmd_data_docs}
 
 COMMANDS.update({"search": cmd_search, "report": cmd_report})  # the analysts' commands
 

@@ -183,3 +183,27 @@ def test_a_value_redaction_was_not_configured_for_is_still_kept_out_and_marked_f
     assert {e["entity_type"] for e in guard} == {"PHONE_NUMBER", "EMAIL_ADDRESS"}
     full = stages.redact(settings, t.as_dict())  # the default entities catch them: no verdict
     assert full["review"] == [] and all(c["success"] for c in full["checks"])
+
+
+def _page_text(path) -> str:
+    import re
+
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", path.read_text()))
+
+
+def test_data_docs_show_each_media_with_its_failing_expectations(settings, tmp_path):
+    """`scribeline data-docs`: the stored checks as Great Expectations Data Docs, one page per media."""
+    from scribeline import data_docs
+
+    path = tmp_path / "lake.sqlite"
+    load_verdict(settings, _t(_seg(0.0, 1.0), _seg(2.0, 9.0)), 3.0, path, "past-end")
+    load_verdict(settings, _t(_seg(0.0, 1.0), _seg(1.5, 2.5)), 3.0, path, "sound")
+    here = replace(settings, data_dir=tmp_path, warehouse_path=str(path))
+    index = data_docs.build(here)
+    assert index == tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    pages = {p.stem: _page_text(p) for p in index.parent.glob("validations/**/*.html")}
+    assert set(pages) == {"past-end", "sound"}
+    assert "Status: Failed" in pages["past-end"] and "Run Name incoming: past-end.wav" in pages["past-end"]
+    assert "Status: Succeeded" in pages["sound"]
+    assert "past-end.wav" in index.read_text() and "sound.wav" in index.read_text()
+    assert data_docs.build(here) == index and len(list(index.parent.glob("validations/**/*.html"))) == 2  # rebuilt, not doubled

@@ -48,6 +48,36 @@ HOLDOUT_SPOKEN = [
     ("Send it to anna dot kim at outlook dot com.", ["kim", "outlook"]),
 ]
 
+# Names and places, spoken (tests/test_planted_pii.py has the tuned set, run through the whole pipeline).
+HOLDOUT_NAMES = [
+    ("Good morning, Olivia Martinez here, I'm calling from Nashville.", ["Olivia", "Martinez", "Nashville"]),
+    ("Please forward this to Kevin O'Brien at the Denver office.", ["Kevin", "Brien", "Denver"]),
+    ("My husband, Daniel Wright, will pick it up in Sacramento.", ["Daniel", "Wright", "Sacramento"]),
+    ("I was born in Milwaukee and my mother is Linda Hughes.", ["Milwaukee", "Linda", "Hughes"]),
+    ("Ask for Rebecca Turner when you arrive in Pittsburgh.", ["Rebecca", "Turner", "Pittsburgh"]),
+    ("Jason Kim from Baltimore left you a message.", ["Jason", "Kim", "Baltimore"]),
+]
+
+
+def name_share(cases, transcripts):
+    """(planted name/place words still there after redaction, those the transcriber wrote)."""
+    import re
+
+    from test_spoken_pii import ENTITIES
+    from scribeline.redaction import redact
+
+    heard = left = 0
+    for (_, words), t in zip(cases, transcripts):
+        said = {w.lower() for w in re.findall(r"[A-Za-z]+", t.text)}
+        out = {w.lower() for s in redact(t, ENTITIES).transcript.segments for w in re.findall(r"[A-Za-z]+", s.text)}
+        for w in words:
+            if w.lower() in said:
+                heard += 1
+                if w.lower() in out:
+                    left += 1
+                    print(f"  left {w!r}: {t.text!r}")
+    return left, heard
+
 
 def recall(cases, transcripts):
     from test_spoken_pii import ENTITIES, leaks
@@ -91,6 +121,10 @@ def main() -> None:
             caught, present = recall(spoken, [r.transcript for r in results])
             print(f"{name} speech: {caught}/{present} planted values redacted "
                   f"({len(spoken) - present} lost by the transcriber before redaction)")
+        paths = [speak(text, tmp / f"names{i}.wav") for i, (text, _) in enumerate(HOLDOUT_NAMES)]
+        results = local.transcribe_files(Settings.from_env(), paths, tmp / "names")
+        left, heard = name_share(HOLDOUT_NAMES, [r.transcript for r in results])
+        print(f"holdout names and places: {left}/{heard} heard words left after redaction")
     redacted, total = tuned.redacted_share(tuned.reference_texts())
     print(f"clean references: {redacted}/{total} words redacted ({100 * redacted / total:.2f} %)")
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from scribeline import storage, warehouse
-from tests.conftest import ROOT, manifest, speak
+from scribeline.config import Settings
+from tests.conftest import ROOT, manifest, own_buckets_env, speak
 
 SCRIBELINE = [sys.executable, "-m", "scribeline.cli"]
 
@@ -83,8 +84,18 @@ def test_levenshtein_of_this_file():
 def run(s3, prefect_api, media_dir, tmp_path_factory):
     from flows.process_incoming import process_incoming
 
-    settings = s3
     tmp = tmp_path_factory.mktemp("analytics")
+    # Buckets and a warehouse of its own (the other modules' runs share the session's defaults); held
+    # for the module, so the `scribeline` commands below see them too.
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in own_buckets_env("analytics", tmp).items():
+            mp.setenv(k, v)
+        settings = Settings.from_env()
+        storage.ensure_buckets(settings)
+        yield _run(settings, media_dir, tmp, process_incoming)
+
+
+def _run(settings, media_dir, tmp, process_incoming):
     for key, name in MEDIA.items():
         storage.upload_file(settings, media_dir / name, key=key)
     storage.upload_file(settings, speak("Hello, my name is John Smith and my phone number is 212 555 0199.",

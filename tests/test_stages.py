@@ -33,7 +33,7 @@ def test_call_centre_stereo_is_transcribed_per_channel_and_merged_in_time(stereo
     right = " ".join(s["text"] for s in segments if s["channel"] == 1).lower()
     assert "wizard" in left and "horizon" in right
     checks = stages.validate(settings, transcript, segmented["duration_s"])
-    assert {c["table"] for c in checks["checks"]} == {"segments", "words"}
+    assert {c["table"] for c in checks["checks"]} == {"segments", "words", "media"}
 
 
 def test_ingest_hashes_the_object_and_keys_it_by_content_and_configuration(s3, media_dir):

@@ -202,7 +202,7 @@ def _summary(con) -> list[tuple[str, str]]:
                         "AS review FROM media")
     if media is not None:
         row = media.iloc[0]
-        out += [("media loaded", f"{int(row['n'])}"), ("audio", f"{row['s'] / 3600:.2f} h"),
+        out += [("media loaded", f"{int(row['n'])}"), ("audio", _hours(row["s"])),
                 ("needing review", f"{int(row['review'])}")]
     ledger = _frame(con, "SELECT state, count(*) AS n FROM ledger GROUP BY state ORDER BY state")
     if ledger is not None:
@@ -260,3 +260,9 @@ def write(target, out: Path) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _hours(seconds) -> str:
+    """Audio time for the summary: hours, or minutes and seconds under an hour (14 s is not "0.00 h")."""
+    seconds = float(seconds or 0)
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"

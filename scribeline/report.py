@@ -101,38 +101,35 @@ def prefix_chart(con) -> Chart:
     return chart
 
 
-def _trend(df: pd.DataFrame, value: str, x_title: str, y_title: str):
+def _trend_chart(con, chart: Chart, view: str, value: str, y_title: str) -> Chart:
+    """A rate per day, one line per model and configuration (``view``'s ``day``, ``model``,
+    ``pipeline_version``, ``media`` and ``value`` columns)."""
     import plotly.graph_objects as go
 
+    df = _frame(con, f"SELECT * FROM {view} WHERE {value} IS NOT NULL")
+    if df is None or df.empty:
+        return chart
     fig = go.Figure()
     for (model, version), part in df.groupby(["model", "pipeline_version"], dropna=False, sort=True):
         fig.add_trace(go.Scatter(x=part["day"], y=part[value], mode="lines+markers", name=_label(model, version),
                                  customdata=part["media"], hovertemplate="%{x|%Y-%m-%d}: %{y:.1%} over %{customdata} media"))
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
     fig.update_xaxes(type="date", tickformat="%Y-%m-%d", dtick=86_400_000)  # one tick a day
-    return _layout(fig, x_title, y_title)
+    chart.figure = _layout(fig, "day", y_title)
+    return chart
 
 
 def wer_chart(con) -> Chart:
-    chart = Chart("wer", "Word error rate against references, per model and configuration",
-                  "pooled WER (all word edits / all reference words) per day the transcripts were made, from "
-                  "<key>.ref.txt uploads; view wer_trend")
-    df = _frame(con, "SELECT * FROM wer_trend WHERE wer IS NOT NULL")
-    if df is None or df.empty:
-        return chart
-    chart.figure = _trend(df, "wer", "day", "WER")
-    return chart
+    return _trend_chart(con, Chart("wer", "Word error rate against references, per model and configuration",
+                                   "pooled WER (all word edits / all reference words) per day the transcripts were "
+                                   "made, from <key>.ref.txt uploads; view wer_trend"), "wer_trend", "wer", "WER")
 
 
 def correction_chart(con) -> Chart:
-    chart = Chart("corrections", "Human-correction rate",
-                  "word edits by reviewers / words of their corrected transcripts (<key>.corrected.txt), per day the "
-                  "transcripts were made; view correction_trend (per media: correction_rates)")
-    df = _frame(con, "SELECT * FROM correction_trend WHERE correction_rate IS NOT NULL")
-    if df is None or df.empty:
-        return chart
-    chart.figure = _trend(df, "correction_rate", "day", "correction rate")
-    return chart
+    return _trend_chart(con, Chart("corrections", "Human-correction rate",
+                                   "word edits by reviewers / words of their corrected transcripts (<key>.corrected.txt), "
+                                   "per day the transcripts were made; view correction_trend (per media: correction_rates)"),
+                        "correction_trend", "correction_rate", "correction rate")
 
 
 def pii_chart(con) -> Chart:

@@ -227,29 +227,11 @@ LEFT JOIN (SELECT media_id, any_value(codec) AS codec, any_value(container) AS c
            FROM media GROUP BY media_id) m ON m.media_id = l.media_id
 LEFT JOIN (SELECT quarantine_key, any_value(stage) AS stage, any_value(attempts) AS attempts
            FROM quarantine GROUP BY quarantine_key) q ON q.quarantine_key = l.quarantine_key;
--- Error and quarantine rates by codec: objects per terminal state; quarantine_rate = quarantined /
--- objects, review_rate = needs_review / objects, error_rate = had_error / objects (object_outcomes).
-CREATE OR REPLACE VIEW failure_rates_by_codec AS
-SELECT codec, count(*) AS objects,
-       count(*) FILTER (WHERE state = 'processed') AS processed,
-       count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
-       count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
-       count(*) FILTER (WHERE had_error) AS had_error,
-       avg(CASE WHEN state = 'quarantined' THEN 1.0 ELSE 0.0 END) AS quarantine_rate,
-       avg(CASE WHEN state = 'needs_review' THEN 1.0 ELSE 0.0 END) AS review_rate,
-       avg(CASE WHEN had_error THEN 1.0 ELSE 0.0 END) AS error_rate
-FROM object_outcomes GROUP BY codec ORDER BY objects DESC, codec;
--- The same rates by source prefix (the part of the object key before the first '/').
-CREATE OR REPLACE VIEW failure_rates_by_prefix AS
-SELECT source_prefix, count(*) AS objects,
-       count(*) FILTER (WHERE state = 'processed') AS processed,
-       count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
-       count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
-       count(*) FILTER (WHERE had_error) AS had_error,
-       avg(CASE WHEN state = 'quarantined' THEN 1.0 ELSE 0.0 END) AS quarantine_rate,
-       avg(CASE WHEN state = 'needs_review' THEN 1.0 ELSE 0.0 END) AS review_rate,
-       avg(CASE WHEN had_error THEN 1.0 ELSE 0.0 END) AS error_rate
-FROM object_outcomes GROUP BY source_prefix ORDER BY objects DESC, source_prefix;
+-- Error and quarantine rates by codec, and by source prefix (the part of the object key before the
+-- first '/'): objects per terminal state; quarantine_rate = quarantined / objects, review_rate =
+-- needs_review / objects, error_rate = had_error / objects (object_outcomes).
+{failure_rates_by_codec}
+{failure_rates_by_prefix}
 -- Throughput per hour (UTC): media loaded and their audio seconds (media.processed_at), and
 -- objects that reached a terminal state (ledger.finished), quarantined ones among them.
 CREATE OR REPLACE VIEW throughput_hourly AS
@@ -305,6 +287,19 @@ SELECT date_trunc('day', processed_at) AS day, model, pipeline_version,
        avg(correction_rate) AS mean_correction_rate
 FROM correction_rates GROUP BY ALL ORDER BY day, model, pipeline_version;
 """
+
+_FAILURE_RATES = """CREATE OR REPLACE VIEW failure_rates_by_{name} AS
+SELECT {column}, count(*) AS objects,
+       count(*) FILTER (WHERE state = 'processed') AS processed,
+       count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
+       count(*) FILTER (WHERE state = 'quarantined') AS quarantined,
+       count(*) FILTER (WHERE had_error) AS had_error,
+       avg(CASE WHEN state = 'quarantined' THEN 1.0 ELSE 0.0 END) AS quarantine_rate,
+       avg(CASE WHEN state = 'needs_review' THEN 1.0 ELSE 0.0 END) AS review_rate,
+       avg(CASE WHEN had_error THEN 1.0 ELSE 0.0 END) AS error_rate
+FROM object_outcomes GROUP BY {column} ORDER BY objects DESC, {column};"""
+SCHEMA = SCHEMA.replace("{failure_rates_by_codec}", _FAILURE_RATES.format(name="codec", column="codec")).replace(
+    "{failure_rates_by_prefix}", _FAILURE_RATES.format(name="prefix", column="source_prefix"))
 
 
 TABLES = ("media", "segments", "words", "pii_entities", "quality_checks", "transcript_flags", "quarantine", "ledger",

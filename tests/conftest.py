@@ -6,6 +6,7 @@ runs against a data directory of its own and never phones home.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -166,11 +167,21 @@ def transcript_of(*sentences: str):
     return Transcript("en", 1.0, segments)
 
 
-def own_buckets_env(prefix: str, tmp: Path, **settings: str) -> dict[str, str]:
-    """SCRIBELINE_* variables giving a test buckets and a warehouse of its own (on the session's S3 server),
-    plus the given settings (``audio_redaction="beep"`` -> ``SCRIBELINE_AUDIO_REDACTION=beep``)."""
+@contextlib.contextmanager
+def own_buckets(prefix: str, tmp: Path, **settings: str):
+    """The Settings of buckets (on the session's S3 server, created here) and a warehouse of a test's own,
+    with the given settings (``audio_redaction="beep"`` -> ``SCRIBELINE_AUDIO_REDACTION=beep``), set in the
+    environment until the block ends, so flows and `scribeline` commands started inside it see them too."""
+    from scribeline import storage
+    from scribeline.config import Settings
+
     env = {f"SCRIBELINE_BUCKET_{b.upper()}": f"{prefix}-{b.replace('_', '-')}"
            for b in ("incoming", "normalized", "processed", "quarantine", "redacted_audio", "restricted")}
     env["SCRIBELINE_WAREHOUSE_PATH"] = str(tmp / "lake.sqlite")
     env.update({f"SCRIBELINE_{k.upper()}": v for k, v in settings.items()})
-    return env
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        own = Settings.from_env()
+        storage.ensure_buckets(own)
+        yield own

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from scribeline import storage, warehouse
-from scribeline.config import Settings
-from tests.conftest import ROOT, manifest, own_buckets_env, speak
+from tests.conftest import ROOT, manifest, own_buckets, speak
 
 SCRIBELINE = [sys.executable, "-m", "scribeline.cli"]
 
@@ -87,11 +86,7 @@ def run(s3, prefect_api, media_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("analytics")
     # Buckets and a warehouse of its own (the other modules' runs share the session's defaults); held
     # for the module, so the `scribeline` commands below see them too.
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in own_buckets_env("analytics", tmp).items():
-            mp.setenv(k, v)
-        settings = Settings.from_env()
-        storage.ensure_buckets(settings)
+    with own_buckets("analytics", tmp) as settings:
         yield _run(settings, media_dir, tmp, process_incoming)
 
 

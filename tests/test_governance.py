@@ -14,7 +14,7 @@ import pytest
 from scribeline import audio_redaction, retention, storage, warehouse
 from scribeline.config import Settings
 from scribeline.governance import Governance, GovernanceError
-from tests.conftest import own_buckets_env, speak
+from tests.conftest import own_buckets, speak
 
 SAID = "My name is John Smith and my phone number is 212 555 0199. Thank you very much for calling."
 
@@ -80,14 +80,9 @@ def governed(s3, prefect_api, media_dir, tmp_path_factory):
     from flows.process_incoming import process_incoming
 
     tmp = tmp_path_factory.mktemp("governed")
-    env = own_buckets_env("gov", tmp, data_class_sources="gov-incoming/hr/=sensitive,gov-incoming/press/=public",
-                          region="eu-west-1", source_regions="gov-incoming/us/=us-east-1", audio_redaction="beep",
-                          keep_unredacted="true", pii_operators="PHONE_NUMBER=hash", pii_hash_salt="governance-test-salt")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        settings = Settings.from_env()
-        storage.ensure_buckets(settings)
+    with own_buckets("gov", tmp, data_class_sources="gov-incoming/hr/=sensitive,gov-incoming/press/=public",
+                     region="eu-west-1", source_regions="gov-incoming/us/=us-east-1", audio_redaction="beep",
+                     keep_unredacted="true", pii_operators="PHONE_NUMBER=hash", pii_hash_salt="governance-test-salt") as settings:
         call = speak(SAID, tmp / "call.wav")
         for key in ("hr/call.wav", "press/call.wav", "us/call.wav"):
             storage.upload_file(settings, call, key=key)

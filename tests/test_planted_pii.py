@@ -17,8 +17,7 @@ import re
 import pytest
 
 from scribeline import storage, warehouse
-from scribeline.config import Settings
-from tests.conftest import own_buckets_env, speak
+from tests.conftest import own_buckets, speak
 from tests.test_spoken_pii import SPOKEN, digits_of
 
 NAMES = [
@@ -39,11 +38,7 @@ def planted(s3, prefect_api, tmp_path_factory):
     from flows.process_incoming import process_incoming
 
     tmp = tmp_path_factory.mktemp("planted")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in own_buckets_env("planted", tmp, keep_unredacted="true").items():
-            mp.setenv(k, v)
-        settings = Settings.from_env()
-        storage.ensure_buckets(settings)
+    with own_buckets("planted", tmp, keep_unredacted="true") as settings:
         said = [text for text, _ in SPOKEN] + [text for text, _ in NAMES]
         for i, text in enumerate(said):
             storage.upload_file(settings, speak(text, tmp / f"{i:02d}.wav"), key=f"calls/{i:02d}.wav")

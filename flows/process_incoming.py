@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
-from prefect.futures import PrefectConcurrentFuture
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -71,32 +70,6 @@ class _Media:
         return self.results.get("ingest", {}).get("run_key")
 
 
-class StageWorkerSilent(RuntimeError):
-    """A stage handed to the stage worker did not end in time: the worker is lost or overloaded.
-    Not the media's fault: the run fails, the object stays in the bucket for the sweep's next attempt."""
-
-
-def _wait(fut, settings: Settings, m: _Media, stage: str) -> None:
-    if not settings.stage_workers or not hasattr(fut, "task_run_id") or isinstance(fut, PrefectConcurrentFuture):
-        fut.wait()
-        return
-    limit = settings.stage_wait_s or 2 * stages.stage_timeout(settings, stage, m.ref.size,
-                                                              m.results.get("segment", {}).get("duration_s"))
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            fut.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            break
-        except RuntimeError:  # "has no state": the task run was created, its first state not yet written
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    state = fut.state
-    if state is None or not state.is_final():
-        raise StageWorkerSilent(f"{stage} of {m.ref.key} was handed to the stage worker and did not end within "
-                                f"{limit:.0f} s (state {state.name if state else 'not started'})")
-
-
 def _attempts(future) -> int:
     try:
         from prefect import get_client
@@ -130,7 +103,7 @@ def _wave(stages_: dict, items: list[_Media], settings: Settings) -> None:
             futures.append((m, name, m.futures[name]))
     failures: dict[int, tuple] = {}
     for m, name, fut in futures:
-        _wait(fut, settings, m, name)
+        fut.wait()
         if fut.state.is_completed():
             m.results[name] = fut.result()
             m.ended[name] = fut.state.timestamp
@@ -227,10 +200,10 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
     items = [_Media(ref, started) for ref in refs]
     view = artifacts.RunView(log)  # what the run shows in Prefect's UI: tags, progress, each media's report
     _finish_ledgered(items, settings)
-    if any(m.live for m in items) and not settings.stage_workers:
+    if any(m.live for m in items):
         # A model that cannot load is the worker's fault, not the media's: fail the run
         # here, with every object still in the incoming bucket, instead of quarantining them.
-        # (A stage worker loads its model before it serves anything.)
+        # (A warm worker loaded it before it took any run: then this returns at once.)
         load_model()
 
     _wave({"ingest": lambda m, n: ingest.submit(m.ref)}, items, settings)
@@ -246,17 +219,17 @@ def process_objects(settings: Settings, refs: list[ObjectRef]) -> list[dict]:
            "segment": lambda m, n: _timed(segment, settings, m).submit(m.run_key, m.futures["normalize"])},
           items, settings)
     _show(view, items, tag=True)
-    # The transcriber batches the windows of the whole wave (in this process), or of every run
-    # in flight (on the stage worker: the wave's size says nothing there).
-    _wave({"transcribe": lambda m, n: _dispatch(transcribe, settings, m)(
-        m.run_key, _arg(m.results["segment"], settings), 0 if settings.stage_workers else n)}, items, settings)
+    # The transcriber batches the windows of the whole wave, and on a warm worker those of every
+    # run it hosts (there the wave's size says nothing of a batch: 0).
+    _wave({"transcribe": lambda m, n: _timed(transcribe, settings, m).submit(
+        m.run_key, quote(m.results["segment"]), _wave_size(settings, n))}, items, settings)
     _show(view, items, tag=True)
     # Validation and redaction both read the transcript: one wave, side by side.
-    _wave({"validate": lambda m, n: _dispatch(validate, settings, m)(
-               m.run_key, _arg(m.results["transcribe"], settings), m.results["segment"]["duration_s"],
-               0 if settings.stage_workers else n, _media_facts(m.results["segment"])),
-           "redact": lambda m, n: _dispatch(redact, settings, m)(m.run_key, _arg(m.results["transcribe"], settings),
-                                                                 m.results["ingest"].get("data_class"))},
+    _wave({"validate": lambda m, n: _timed(validate, settings, m).submit(
+               m.run_key, quote(m.results["transcribe"]), m.results["segment"]["duration_s"],
+               _wave_size(settings, n), _media_facts(m.results["segment"])),
+           "redact": lambda m, n: _timed(redact, settings, m).submit(m.run_key, quote(m.results["transcribe"]),
+                                                                     m.results["ingest"].get("data_class"))},
           items, settings)
     _show(view, items)
     # Restricted copies (only where configured): the beeped/muted audio, the unredacted transcript.
@@ -332,17 +305,9 @@ def _media_facts(segmented: dict) -> dict:
     return {"sample_rate": segmented["info"].get("sample_rate"), "speech_s": segmented.get("speech_s")}
 
 
-def _arg(value, settings: Settings):
-    """In-process tasks take large values quoted (Prefect walks task parameters looking for futures:
-    see the module's docstring); a stage worker's get theirs through result storage as they are."""
-    return value if settings.stage_workers else quote(value)
-
-
-def _dispatch(task_, settings: Settings, m: _Media):
-    """Where a heavy stage runs: on the stage worker that keeps its model loaded (``.delay``: a
-    background task run through the Prefect API), or in this process (``.submit``)."""
-    task_ = _timed(task_, settings, m)
-    return task_.delay if settings.stage_workers else task_.submit
+def _wave_size(settings: Settings, n: int) -> int:
+    """How many media a batched stage should wait for: the wave's, unless other runs share the engines."""
+    return 0 if settings.warm_worker else n
 
 
 def _timed(task_, settings: Settings, m: _Media):
@@ -361,10 +326,10 @@ def _stop_tasks_when_interrupted():
     try:
         yield
     except KeyboardInterrupt:
-        stopping.request("SIGINT")
+        stopping.request_process("SIGINT")
         raise
     except TerminationSignal as exc:
-        stopping.request(signal.Signals(exc.signal).name)
+        stopping.request_process(signal.Signals(exc.signal).name)
         raise
 
 
@@ -384,6 +349,7 @@ def _stop_when_cancelled():
         yield
         return
     flow_run_id, done = ctx.flow_run.id, threading.Event()
+    target = stopping.current()  # this run's own scope where a warm worker hosts it among others
 
     def watch() -> None:
         with get_client(sync_client=True) as client:
@@ -393,7 +359,7 @@ def _stop_when_cancelled():
                 except Exception:  # noqa: BLE001 - the API may be busy: ask again next time
                     continue
                 if state is not None and (state.is_cancelling() or state.is_cancelled()):
-                    stopping.request("cancelled")
+                    target.request("cancelled")
                     return
 
     watcher = threading.Thread(target=watch, name="scribeline-cancel-watch", daemon=True)

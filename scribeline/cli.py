@@ -54,7 +54,7 @@ def cmd_up(settings: Settings, args) -> int:
             os.environ.setdefault("PREFECT_API_URL", f"http://127.0.0.1:{settings.prefect_port}/api")
             runtime.deploy(settings, only_missing=True)
             svc = services.start_worker(settings, runtime.POOLS)
-            con.print(f"Workers         pools {', '.join(runtime.POOLS)} + the stage worker (log {svc.log_file})")
+            con.print(f"Workers         pools {', '.join(runtime.POOLS)} in one warm worker process (log {svc.log_file})")
             con.print("Deployments     scribeline-sweep/sweep (every minute), scribeline-process-media/process-media")
     con.print(f"Warehouse       {settings.warehouse}")
     con.print(f"Buckets         {', '.join(settings.buckets)}")
@@ -301,9 +301,9 @@ def cmd_worker(settings: Settings, args) -> int:
     faulthandler.enable()  # a crash in native code leaves its stack in the worker's log
     if not args.once:
         argv = [sys.executable, "-m", "scribeline.cli", "worker", "--once", "--limit", str(args.limit),
-                *[a for pool in args.pool or [] for a in ("--pool", pool)], *(["--no-stages"] if args.no_stages else [])]
+                *[a for pool in args.pool or [] for a in ("--pool", pool)], *(["--no-preload"] if args.no_preload else [])]
         return runtime.supervise(argv, settings.data_dir / "run" / "worker-process.pid")
-    return runtime.worker(settings, args.pool or list(runtime.POOLS), args.limit, stages=not args.no_stages)
+    return runtime.worker(settings, args.pool or list(runtime.POOLS), args.limit, preload=not args.no_preload)
 
 
 def cmd_status(settings: Settings, args) -> int:
@@ -385,10 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--limit", type=int, default=100, help="how many of the latest media")
     rt = sub.add_parser("retention", help="delete originals, audio and unredacted transcripts past their data class's age")
     rt.add_argument("--dry-run", action="store_true", help="list what is due, delete nothing")
-    w = sub.add_parser("worker", help="serve work pools' flow runs and the heavy stages (model kept loaded) until stopped")
+    w = sub.add_parser("worker", help="serve work pools' flow runs in this process (model kept loaded) until stopped")
     w.add_argument("--pool", action="append", help="a work pool to serve (repeatable; default: both)")
-    w.add_argument("--limit", type=int, default=16, help="stage task runs at once on this worker (their windows batch together)")
-    w.add_argument("--no-stages", action="store_true", help="only the pools' flow runs (stages served elsewhere)")
+    w.add_argument("--limit", type=int, default=16, help="flow runs at once per pool on this worker (their windows batch together)")
+    w.add_argument("--no-preload", action="store_true", help="load the model and engines at the first run, not at start (a CPU-pool-only worker)")
     w.add_argument("--once", action="store_true", help="no supervisor: do not start the worker again when it ends")
     return p
 

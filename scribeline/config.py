@@ -144,18 +144,16 @@ class Settings:
     critical_expectations: tuple[str, ...] = DEFAULT_CRITICAL_EXPECTATIONS
     # Orchestration.
     max_attempts: int = 3  # flow runs an object may take (a worker lost mid-run) before it is quarantined
-    # Run transcribe/validate/redact on the stage worker (`scribeline worker`), which keeps the
-    # model, Presidio and Great Expectations loaded and batches the windows of every run in flight.
-    # Per-media deployment runs set it; `scribeline run` loads them in its own process.
-    stage_workers: bool = False
-    max_runs_in_flight: int = 8  # per-media flow runs a sweep lets wait or run at once (backpressure)
+    # Set by `scribeline worker` for the flow runs it hosts in its own process (scribeline.warm_worker):
+    # they share its loaded model, so a batched stage waits for no wave size of its own.
+    warm_worker: bool = False
+    max_runs_in_flight: int = 32  # per-media flow runs a sweep lets wait or run at once (backpressure)
     max_objects_per_run: int = 1  # objects one per-media flow run takes
     sweep_deployment: str = "scribeline-process-media/process-media"
-    # A stage handed to the stage worker that has not ended after this long fails its flow run
-    # (the worker is lost); 0: twice the stage's timeout. A run RUNNING longer than the lease is
-    # taken for lost by the sweep (its machine died with it) and the object gets its next attempt;
-    # 0: the sum of the stages' timeouts for the object's size.
-    stage_wait_s: float = 0.0
+    # A run RUNNING longer than the lease is taken for lost by the sweep (its machine died with
+    # it) and the object gets its next attempt; 0: the sum of the stages' timeouts for the
+    # object's size. (A worker killed on a living machine is restarted by its supervisor, which
+    # marks that worker's runs Crashed at once: scribeline.warm_worker.crash_runs_of.)
     run_lease_s: float = 0.0
 
     @classmethod

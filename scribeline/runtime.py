@@ -3,10 +3,10 @@
 - ``deploy``: the buckets, the work pools (``scribeline-cpu`` for the sweep, ``scribeline-gpu``
   for the per-media runs: a GPU machine's pool, served on CPU where there is none) and the
   deployments of prefect.yaml.
-- ``worker``: a Prefect process worker for each pool given, and in the same process the stage
-  worker: a Prefect task worker serving transcribe, validate and redact. It loads the model,
-  Presidio and Great Expectations once and keeps them; the per-media runs hand it their
-  heavy stages (``.delay``) and its model batches the windows of every run in flight.
+- ``worker``: a warm worker for each pool given (scribeline.warm_worker): Prefect's process
+  worker, except that the flow runs execute in threads of this process. It loads the model,
+  Presidio and Great Expectations once and keeps them; its model batches the windows of every
+  run in flight. ``supervise`` starts it again when it dies and marks its runs Crashed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -69,60 +68,38 @@ def _deployed(names: list[str]) -> bool:
     return True
 
 
-def worker(settings: Settings, pools: list[str], stage_limit: int = 16, stages: bool = True) -> int:
-    """Serve the pools' flow runs (a `prefect worker` per pool, restarted if it ends) and the heavy
-    stages in this process, until stopped."""
-    env = {**os.environ, **worker_env(settings)}
-    stopping = threading.Event()
+def worker(settings: Settings, pools: list[str], limit: int = 16, preload: bool = True) -> int:
+    """Serve the pools' flow runs in this process (scribeline.warm_worker) until stopped: the model,
+    Presidio and Great Expectations are loaded once (``preload``: before the first run) and kept."""
+    from scribeline import stopping, warm_worker
 
-    def start(pool: str) -> subprocess.Popen:
-        from scribeline.procs import die_with_parent
-
-        # Each pool's worker and its flow runs in a session of their own (a signal to their process
-        # group never reaches the stage worker's model), ending with this process (no orphans).
-        return subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-                                env=env, cwd=ROOT, start_new_session=True, preexec_fn=die_with_parent)
-
-    procs = {pool: start(pool) for pool in pools}
-
-    def supervise() -> None:
-        while not stopping.wait(2.0):
-            for pool, proc in list(procs.items()):
-                if proc.poll() is not None:
-                    print(f"scribeline worker: the {pool} worker ended ({proc.returncode}); starting it again", flush=True)
-                    procs[pool] = start(pool)
-
-    threading.Thread(target=supervise, name="scribeline-pool-supervisor", daemon=True).start()
+    os.environ.update(worker_env(settings), SCRIBELINE_WARM_WORKER="true")
 
     def stop(signum, frame):
+        # Every hosted run stops at its next check (nothing half-loaded, its objects stay in
+        # incoming); the worker loops end with the process.
         print(f"scribeline worker: {signal.Signals(signum).name} received; stopping", flush=True)
-        stopping.set()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+        stopping.request_process(signal.Signals(signum).name)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        while stages and not stopping.is_set():
-            serve_stages(settings, stage_limit)
-            # Prefect's task worker returns when its connection to the API ends (a server restart,
-            # an overloaded server): subscribe again; the engines stay loaded.
-            if not stopping.is_set():
-                print("scribeline worker: the stage worker's subscription ended; subscribing again", flush=True)
-                stopping.wait(1.0)
-        stopping.wait()
-    finally:
-        stopping.set()
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    if preload:
+        warm_up(settings)
+    print(f"scribeline worker: serving {', '.join(pools)} in process {os.getpid()} (engines "
+          f"{'loaded' if preload else 'loaded on first use'})", flush=True)
+    warm_worker.serve(pools, limit)
     return 0
+
+
+def warm_up(settings: Settings) -> None:
+    """The engines every hosted run uses, loaded before the first run arrives."""
+    import flows.process_incoming  # noqa: F401 - the hosted runs' flows, imported once here
+    import flows.sweep  # noqa: F401
+    from scribeline import pii, stages, validation
+
+    stages.transcriber(settings)
+    pii.start_analyzer()
+    validation.warm_up()
 
 
 def supervise(argv: list[str], pid_file: Path | None = None) -> int:
@@ -152,20 +129,19 @@ def supervise(argv: list[str], pid_file: Path | None = None) -> int:
         rc = child[0].wait()
         if not stopping.is_set():
             print(f"scribeline worker: the worker process ended ({rc}); starting it again", flush=True)
+            _crash_runs_of(child[0].pid)
             stopping.wait(2.0)
     return rc
 
 
-def serve_stages(settings: Settings, limit: int) -> None:
-    """Load the engines, then run the heavy stages handed over by flow runs (blocks)."""
-    from prefect.task_worker import serve
+def _crash_runs_of(pid: int) -> None:
+    """The dead worker's hosted runs, marked Crashed so that their objects get their next attempt
+    now (if the API cannot be reached, the sweep's run lease does it later)."""
+    from scribeline import warm_worker
 
-    from scribeline import pii, stages, validation
-    from tasks.redact import redact
-    from tasks.transcribe import load_model, transcribe
-    from tasks.validate import validate
-
-    stages.transcriber(settings)  # the model stays loaded for the worker's lifetime
-    pii.start_analyzer()
-    validation.warm_up()
-    serve(load_model, transcribe, validate, redact, limit=limit)
+    try:
+        n = warm_worker.crash_runs_of(warm_worker.identity(pid))
+        print(f"scribeline worker: {n} flow run(s) of the ended worker marked Crashed", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"scribeline worker: could not mark the ended worker's runs ({exc!r}); the sweep's lease will",
+              flush=True)

@@ -81,7 +81,8 @@ def start_worker(settings: Settings, pools) -> Service:
     cmd = [sys.executable, "-m", "scribeline.cli", "worker"] + [a for pool in pools for a in ("--pool", pool)]
     env = dict(os.environ, PREFECT_API_URL=f"http://127.0.0.1:{settings.prefect_port}/api", **prefect_env(settings),
                SCRIBELINE_DATA_DIR=str(settings.data_dir))
-    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")  # a new run starts within seconds, not 10 s
+    # A new run starts within a second of its creation, not Prefect's 10 s (two hops: sweep, media run).
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
     _spawn(cmd, env, svc.log_file, svc.pid_file, Path(__file__).resolve().parent.parent)
     return svc
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import os
 import random
 import sqlite3
 import threading
@@ -438,6 +439,8 @@ def writer(target: "Lake | Path | str"):
     with _write_lock, _machine_lock(lake):
         con = _writers.get(lake)
         if con is None:
+            if lake.catalog_file and not lake.exists():
+                _create_local(lake)
             con = connect(lake)
             _retrying(lambda: _create_schema(con))
             _writers[lake] = con
@@ -456,6 +459,22 @@ def _machine_lock(lake: Lake):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _create_local(lake: Lake) -> None:
+    """A new local catalog is built under a temporary name with every table, then renamed into place:
+    an analyst polling a fresh warehouse sees no catalog or all of it, never a catalog without tables."""
+    fresh = lake.catalog_file.with_name(lake.catalog_file.name + ".new")
+    for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
+        leftover.unlink(missing_ok=True)  # a creation interrupted earlier
+    con = connect(Lake(f"sqlite:{fresh}", lake.data_path))
+    try:
+        _create_schema(con)
+    finally:
+        con.close()
+    with contextlib.closing(sqlite3.connect(fresh, timeout=30)) as db:  # everything in the main file
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.replace(fresh, lake.catalog_file)
 
 
 def _create_schema(con: duckdb.DuckDBPyConnection) -> None:

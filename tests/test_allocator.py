@@ -82,7 +82,7 @@ def test_the_command_restarts_itself_with_the_settings(tmp_path):
 
 def test_cpu_workers_are_configured_with_the_same_settings():
     expected = allocator.with_tunables({})["GLIBC_TUNABLES"]
-    # The deployments' model runs in the stage worker, started by `scribeline worker` with them
+    # The deployments' model runs in the warm worker, started by `scribeline worker` with them
     # (scribeline/runtime.py); the image sets them too.
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert f"ENV GLIBC_TUNABLES={expected}\n" in dockerfile

@@ -1,5 +1,5 @@
-"""The production runtime on real processes: `scribeline up` (S3 server, Prefect server, workers for
-both pools and the stage worker), the scheduled sweep's per-media runs, and exactly-once under faults."""
+"""The production runtime on real processes: `scribeline up` (S3 server, Prefect server, the warm worker
+serving both pools), the scheduled sweep's per-media runs, and exactly-once under faults."""
 
 import html
 import json
@@ -44,9 +44,9 @@ def stack(tmp_path_factory):
         env.pop(k, None)
     env.update(SCRIBELINE_DATA_DIR=str(data), SCRIBELINE_EMBEDDED_S3_PORT=str(free_s3_port()),
                SCRIBELINE_PREFECT_PORT=str(_free_port()),
-               # Faults are injected below: a lost stage worker fails its runs after 60 s (not twice a
-               # stage's timeout), and a run RUNNING for 4 minutes is taken for lost.
-               SCRIBELINE_STAGE_WAIT_S="60", SCRIBELINE_RUN_LEASE_S="240")
+               # Faults are injected below: a run RUNNING for 4 minutes is taken for lost by the sweep
+               # (a killed worker's runs are marked Crashed by its supervisor before that).
+               SCRIBELINE_RUN_LEASE_S="240")
     up = cli(env, "up")
     env.update(PREFECT_API_URL=f"http://127.0.0.1:{env['SCRIBELINE_PREFECT_PORT']}/api", PREFECT_HOME=str(data / "prefect"))
     yield env, up.stdout, Settings.from_env(env)
@@ -123,9 +123,11 @@ def test_a_short_file_goes_through_the_deployments(stack, media_dir):
     runs = _api(env, "/flow_runs/filter")
     names = {r["name"]: r["state_type"] for r in runs if r["state_type"] == "COMPLETED"}
     assert "media-en_harvard_birch_canoe.wav" in names and any(n.startswith("sweep-") for n in names)
-    # The transcription ran on the stage worker (its model stays loaded), not in the flow run's process.
-    log = Path(env["SCRIBELINE_DATA_DIR"], "run", "worker.log").read_text()
-    assert "Subscribing to runs of task(s)" in log and "transcribe" in log
+    # Both runs ran inside the warm worker process (its model stays loaded), not in a process of their own.
+    worker_pid = int(Path(env["SCRIBELINE_DATA_DIR"], "run", "worker-process.pid").read_text())
+    hosted = {r["name"]: r["infrastructure_pid"] for r in runs if r["state_type"] == "COMPLETED"}
+    assert hosted["media-en_harvard_birch_canoe.wav"] == f"scribeline-warm:{socket.gethostname()}:{worker_pid}"
+    assert {pid for name, pid in hosted.items() if name.startswith("sweep-")} == {hosted["media-en_harvard_birch_canoe.wav"]}
     status = json.loads(cli(env, "status").stdout)
     assert status["ledger"] == {"processed": 1} and status["workers_running"]
 
@@ -237,7 +239,7 @@ def _objects(media_dir: Path, tmp: Path) -> tuple[dict[str, Path], set[str]]:
 
 
 def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_path):
-    """50 objects through the deployments while the stage worker is SIGKILLed mid-run, the S3 server
+    """50 objects through the deployments while the warm worker is SIGKILLed mid-run, the S3 server
     is down for 30 s and two sweeps start at once; an analyst polls the warehouse all along."""
     env, _, settings = stack
     objects, malformed = _objects(media_dir, tmp_path)
@@ -251,13 +253,17 @@ def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_pat
     try:
         with ThreadPoolExecutor(2) as pool:  # two sweeps at once
             assert any(pool.map(lambda _: sweep(env), range(2)))
-        # Kill the stage worker (the process that holds the model) once media are in transcription.
+        # Kill the warm worker (the process that holds the model and hosts the runs) once media are in
+        # transcription; its supervisor marks its runs Crashed and starts it again.
         run_dir = Path(env["SCRIBELINE_DATA_DIR"]) / "run"
         log_before = (run_dir / "worker.log").read_text().count("Task run 'transcribe")
         assert wait_for(lambda: (run_dir / "worker.log").read_text().count("Task run 'transcribe") > log_before, 300, 0.5)
         killed = int((run_dir / "worker-process.pid").read_text())
         os.kill(killed, signal.SIGKILL)  # its supervisor (`scribeline worker`) starts it again
         assert wait_for(lambda: int((run_dir / "worker-process.pid").read_text()) != killed, 60, 0.5)
+        # The runs it hosted are Crashed at once (not after the run lease): their objects' next attempt.
+        marked = re.findall(r"(\d+) flow run\(s\) of the ended worker marked Crashed", (run_dir / "worker.log").read_text())
+        assert marked and int(marked[-1]) >= 1, (run_dir / "worker.log").read_text()[-3000:]
         # The S3 server goes away for 30 s.
         services.stop(services.s3_service(settings))
         time.sleep(30)

@@ -165,3 +165,46 @@ def test_a_flow_run_cancelled_from_the_api_stops_the_run(run_env, start_run, pre
     assert "the flow run was cancelled" in run.output
     assert final.is_cancelled() or final.is_cancelling(), final
     assert_nothing_finished(settings)
+
+
+def test_cancelling_one_hosted_run_leaves_its_neighbours_running():
+    """A warm worker hosts several media's runs in one process, each in a stop scope of its own
+    (scribeline.warm_worker): one run's cancellation stops its own stages, never a neighbour's;
+    a signal to the worker stops them all."""
+    from scribeline import stopping
+
+    stopping.reset()
+    seen: dict[str, list] = {}
+    go = threading.Event()
+
+    def hosted(name: str, cancel: bool) -> None:
+        with stopping.scope():
+            target = stopping.current()  # what the run's cancellation watcher thread is given
+            if cancel:
+                watcher = threading.Thread(target=target.request, args=("cancelled",))
+                watcher.start()
+                watcher.join(5)
+            go.wait(5)
+            seen[name] = [stopping.requested(), stopping.reason()]
+            try:
+                stopping.check()
+                seen[name].append("went on")
+            except stopping.Stopped as exc:
+                seen[name].append(f"stopped: {exc}")
+
+    threads = [threading.Thread(target=hosted, args=("a", True)), threading.Thread(target=hosted, args=("b", False))]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    go.set()
+    for t in threads:
+        t.join(10)
+    assert seen == {"a": [True, "cancelled", "stopped: cancelled"], "b": [False, "", "went on"]}
+    assert not stopping.requested()  # nothing outside the runs was asked to stop
+
+    try:
+        stopping.request_process("SIGTERM")
+        with stopping.scope():
+            assert stopping.requested() and stopping.reason() == "SIGTERM"
+    finally:
+        stopping.reset()

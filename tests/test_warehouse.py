@@ -137,3 +137,41 @@ def test_compaction_keeps_every_row_and_readers_see_them(tmp_path):
     assert warehouse.row_counts(path) == before
     assert reader.execute("select count(*) from words").fetchone()[0] == before["words"] == 12
     reader.close()
+
+
+def test_an_analyst_polling_a_fresh_warehouse_never_sees_it_without_its_tables(tmp_path, monkeypatch):
+    """The first load creates the warehouse; an analyst who polls from the start gets "no warehouse
+    yet" or the tables, never a catalog that lacks them. (The schema's creation is slowed here, so
+    that a poll certainly falls inside it.)"""
+    import threading
+    import time
+
+    path = tmp_path / "w.sqlite"
+    slow = warehouse._create_schema
+
+    def create_slowly(con):
+        time.sleep(1.5)
+        slow(con)
+
+    monkeypatch.setattr(warehouse, "_create_schema", create_slowly)
+    seen, errors, done = [], [], threading.Event()
+
+    def analyst():
+        while not done.is_set():
+            if path.exists():
+                try:
+                    seen.append(int(warehouse.query(path, "SELECT count(*) AS n FROM ledger")["n"][0]))
+                except duckdb.Error as exc:
+                    errors.append(str(exc))
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=analyst)
+    poller.start()
+    try:
+        assert warehouse.load(path, *_rows()) is True
+        time.sleep(0.3)
+    finally:
+        done.set()
+        poller.join(10)
+    assert not errors, errors[:3]
+    assert seen and set(seen) == {0}

@@ -1,16 +1,16 @@
 """The production runtime's figures: end-to-end latency of one short file through warm deployments,
-and throughput with one and with two stage (transcription) workers, against `scribeline run`.
+and throughput with one and with two warm workers serving the GPU pool, against `scribeline run`.
 
-Starts its own stack (`scribeline up`: S3, Prefect server, workers for both pools, the stage
-worker) in a temporary data directory, on free ports:
+Starts its own stack (`scribeline up`: S3, Prefect server, the warm worker serving both pools) in
+a temporary data directory, on free ports:
 
     .venv/bin/python -m benchmark.runtime [--files N] [--out benchmark/results-runtime.json]
 
 Files: the realistic corpus's English recordings under a minute where fetched (noisy, telephony,
-multi-speaker; see corpus.tsv), else transcodings of ../shared/media. Latency: a file is uploaded and a sweep started at once by one API call (the schedule would
-add up to its period); measured from the upload to the file's ledger row, for three short recordings
+multi-speaker; see corpus.tsv), else transcodings of ../shared/media. Latency: a file is uploaded
+and a sweep started at once by one API call (the schedule would add up to its period); measured from the upload to the file's ledger row, for three short recordings
 (distinct content: nothing cached). Throughput: N files made distinct by transcoding the shared
-recordings, all uploaded, one sweep; measured to the last ledger row, with one stage worker,
+recordings, all uploaded, one sweep; measured to the last ledger row, with one warm worker,
 then (fresh data directory) with a second one started beside it. The one-shot `scribeline run`
 on the same files, services up, is the baseline.
 """
@@ -84,7 +84,7 @@ class Stack:
             time.sleep(0.5)
         raise RuntimeError("the worker did not start")
 
-    def second_stage_worker(self) -> None:
+    def second_worker(self) -> None:
         log = open(self.data / "run" / "worker2.log", "ab")
         self.extra.append(subprocess.Popen([sys.executable, "-m", "scribeline.cli", "worker", "--once", "--pool",
                                             "scribeline-gpu"],
@@ -178,7 +178,7 @@ def throughput(files: dict[str, Path], workers: int) -> dict:
         try:
             stack.wait_warm()
             if workers == 2:
-                stack.second_stage_worker()
+                stack.second_worker()
             start = time.perf_counter()
             stack.upload(files)
             stack.sweep()

@@ -14,7 +14,7 @@ concurrency limit (prefect.yaml) bounds how many of those run at once.
 
 One object per run (``max_objects_per_run``, 1 by default): a run's state, logs, retries
 and cancellation are then one media's, which is what operators look for in the UI; the
-stage worker batches the windows of concurrent runs, so per-media runs cost no batching.
+warm worker hosting them batches the windows of concurrent runs, so per-media runs cost no batching.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def review_reasons(results: dict) -> list[str]:
 
 
 def seconds_since(started_at: dt.datetime, ended_at: dict[str, dt.datetime]) -> dict[str, float]:
-    """Each stage's end as seconds after ``started_at`` (the stage worker's clock may lag a little: ≥ 0)."""
+    """Each stage's end as seconds after ``started_at`` (never below 0)."""
     return {stage: max((t - started_at).total_seconds(), 0.0) for stage, t in ended_at.items()}
 
 
@@ -209,7 +209,7 @@ def sweep_rows(outcomes: list[tuple]) -> list[dict]:
 
 # -------------------------------------------------------------------- progress
 def progress_percent(results: dict) -> float:
-    """The share of a media's stages that have ended (the stage worker's decode is the long one)."""
+    """The share of a media's stages that have ended (transcription is the long one)."""
     return round(100.0 * sum(s in results for s in STAGES) / len(STAGES), 1)
 
 

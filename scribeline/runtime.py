@@ -93,9 +93,12 @@ def worker(settings: Settings, pools: list[str], limit: int = 16, preload: bool 
 
 def warm_up(settings: Settings) -> None:
     """The engines every hosted run uses, loaded before the first run arrives."""
-    import flows.process_incoming  # noqa: F401 - the hosted runs' flows, imported once here
-    import flows.sweep  # noqa: F401
+    import importlib
+
     from scribeline import pii, stages, validation
+
+    for module in ("flows.process_incoming", "flows.sweep", "flows.retention"):  # the hosted runs' flows
+        importlib.import_module(module)
 
     stages.transcriber(settings)
     pii.start_analyzer()

@@ -74,7 +74,7 @@ def worker_service(settings: Settings) -> Service:
 
 
 def start_worker(settings: Settings, pools) -> Service:
-    """`scribeline worker` in the background (the pools' flow runs and the stage worker), unless it runs."""
+    """`scribeline worker` in the background (the warm worker hosting both pools' flow runs), unless it runs."""
     svc = worker_service(settings)
     if svc.pid() is not None:
         return svc

@@ -29,7 +29,7 @@ from scribeline.storage import ObjectRef
 from scribeline.transcript import TranscribeOptions, Transcript
 
 # The model's, Presidio's and Great Expectations' libraries load where those stages run (the
-# stage worker, or `scribeline run`'s process), not in every per-media flow run.
+# warm worker, or `scribeline run`'s process) when first used, not at import.
 
 
 class StageError(Exception):

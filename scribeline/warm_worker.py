@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from typing import Any
 
 import anyio
@@ -36,50 +37,55 @@ def identity(pid: int | None = None) -> str:
     return f"{IDENTITY_PREFIX}:{socket.gethostname()}:{pid or os.getpid()}"
 
 
-class WarmWorker(ProcessWorker):
-    """Serves a work pool of type ``process`` with the flow runs executed in this process."""
+with warnings.catch_warnings():
+    # Prefect registers worker classes by type; this one serves pools of type "process" on purpose
+    # (in a process that imports it, it stands for the process worker).
+    warnings.filterwarnings("ignore", message=".*matches existing registered type")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._flows: dict[str, Any] = {}
-        self._flows_lock = threading.Lock()
-        self._threads = anyio.CapacityLimiter(kwargs.get("limit") or 16)
-        self._scopes: dict[Any, stopping.Scope] = {}
+    class WarmWorker(ProcessWorker):
+        """Serves a work pool of type ``process`` with the flow runs executed in this process."""
 
-    def _flow(self, entrypoint: str):
-        """The deployment's flow, imported once per entrypoint (the checkout is this process's)."""
-        from prefect.flows import load_flow_from_entrypoint
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._flows: dict[str, Any] = {}
+            self._flows_lock = threading.Lock()
+            self._threads = anyio.CapacityLimiter(kwargs.get("limit") or 16)
+            self._scopes: dict[Any, stopping.Scope] = {}
 
-        with self._flows_lock:
-            if entrypoint not in self._flows:
-                self._flows[entrypoint] = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
-            return self._flows[entrypoint]
+        def _flow(self, entrypoint: str):
+            """The deployment's flow, imported once per entrypoint (the checkout is this process's)."""
+            from prefect.flows import load_flow_from_entrypoint
 
-    def _execute(self, entrypoint: str, flow_run) -> None:
-        from prefect.flow_engine import run_flow
+            with self._flows_lock:
+                if entrypoint not in self._flows:
+                    self._flows[entrypoint] = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+                return self._flows[entrypoint]
 
-        flow = self._flow(entrypoint)
-        with stopping.scope() as own:
-            self._scopes[flow_run.id] = own
-            try:
-                # The engine proposes Running (a cancelled or deleted run stops here) and records
-                # the final state itself; a failed flow is a Failed run, not a worker fault.
-                run_flow(flow, flow_run=flow_run, return_type="state")
-            finally:
-                self._scopes.pop(flow_run.id, None)
+        def _execute(self, entrypoint: str, flow_run) -> None:
+            from prefect.flow_engine import run_flow
 
-    async def run(self, flow_run, configuration, task_status=None) -> ProcessWorkerResult:
-        me = identity()
-        if task_status is not None:
-            task_status.started(me)  # recorded as the run's infrastructure_pid
-        deployment = await self.client.read_deployment(flow_run.deployment_id)
-        await anyio.to_thread.run_sync(self._execute, deployment.entrypoint, flow_run, limiter=self._threads)
-        return ProcessWorkerResult(identifier=me, status_code=0)
+            flow = self._flow(entrypoint)
+            with stopping.scope() as own:
+                self._scopes[flow_run.id] = own
+                try:
+                    # The engine proposes Running (a cancelled or deleted run stops here) and records
+                    # the final state itself; a failed flow is a Failed run, not a worker fault.
+                    run_flow(flow, flow_run=flow_run, return_type="state")
+                finally:
+                    self._scopes.pop(flow_run.id, None)
 
-    async def kill_infrastructure(self, infrastructure_pid: str, configuration, grace_seconds: int = 30) -> None:
-        """A run cancelled before it started: nothing to kill here (the process is shared; the
-        engine refuses to start a cancelled run). A running one is stopped by its own watcher."""
-        return None
+        async def run(self, flow_run, configuration, task_status=None) -> ProcessWorkerResult:
+            me = identity()
+            if task_status is not None:
+                task_status.started(me)  # recorded as the run's infrastructure_pid
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            await anyio.to_thread.run_sync(self._execute, deployment.entrypoint, flow_run, limiter=self._threads)
+            return ProcessWorkerResult(identifier=me, status_code=0)
+
+        async def kill_infrastructure(self, infrastructure_pid: str, configuration, grace_seconds: int = 30) -> None:
+            """A run cancelled before it started: nothing to kill here (the process is shared; the
+            engine refuses to start a cancelled run). A running one is stopped by its own watcher."""
+            return None
 
 
 def serve(pools: list[str], limit: int) -> None:
@@ -104,11 +110,17 @@ def crash_runs_of(worker_identity: str) -> int:
 
     live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
         any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
-    crashed = 0
+    crashed, page = 0, 200  # the API's largest page
     with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=live, limit=1000):
-            if run.infrastructure_pid == worker_identity:
-                client.set_flow_run_state(run.id, Crashed(message=f"its worker process ({worker_identity}) ended"),
-                                          force=True)
-                crashed += 1
+        ours, offset = [], 0
+        while True:
+            runs = client.read_flow_runs(flow_run_filter=live, limit=page, offset=offset)
+            ours += [run for run in runs if run.infrastructure_pid == worker_identity]
+            if len(runs) < page:
+                break
+            offset += page
+        for run in ours:
+            client.set_flow_run_state(run.id, Crashed(message=f"its worker process ({worker_identity}) ended"),
+                                      force=True)
+            crashed += 1
     return crashed

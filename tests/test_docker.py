@@ -164,7 +164,7 @@ def test_images_builds_and_commands(compose):
         assert (ROOT / dockerfile).is_file()
     assert command(s["init"]) == ["scribeline", "deploy"]
     assert s["init"]["restart"] == "no"
-    assert command(s["cpu-worker"]) == ["scribeline", "worker", "--pool", "scribeline-cpu"]
+    assert command(s["cpu-worker"]) == ["scribeline", "worker", "--pool", "scribeline-cpu", "--no-preload"]
     assert command(s["gpu-worker"]) == ["scribeline", "worker", "--pool", "scribeline-gpu"]
 
 

@@ -28,6 +28,15 @@ def ensure_pool(name: str) -> None:
         print(f"created work pool {name}")
 
 
+def limit_pool(name: str, limit: int) -> None:
+    """At most ``limit`` of the pool's flow runs execute at once; the server hands out no more."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
+
+
 def deploy_all(pools=POOLS) -> None:
     os.environ.setdefault("SCRIBELINE_CHECKOUT", str(ROOT))
     os.environ.setdefault("SCRIBELINE_SWEEP_CRON", "* * * * *")
@@ -36,6 +45,8 @@ def deploy_all(pools=POOLS) -> None:
     os.environ.setdefault("SCRIBELINE_RETENTION_CRON", Settings.from_env().retention_cron)
     for pool in pools:
         ensure_pool(pool)
+    if "scribeline-gpu" in pools:
+        limit_pool("scribeline-gpu", Settings.from_env().media_runs_at_once)
     names = [name for pool in pools for name in DEPLOYMENTS[pool]]
     args = [arg for name in names for arg in ("--name", name)]
     result = prefect("--no-prompt", "deploy", "--prefect-file", "prefect.yaml", *args, check=False)

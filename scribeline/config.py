@@ -148,6 +148,10 @@ class Settings:
     # they share its loaded model, so a batched stage waits for no wave size of its own.
     warm_worker: bool = False
     max_runs_in_flight: int = 32  # per-media flow runs a sweep lets wait or run at once (backpressure)
+    # Per-media runs that execute at once: the GPU pool's concurrency limit (`scribeline deploy`).
+    # A deployment concurrency limit would do it too, but each waiting run is then offered to the
+    # workers every poll and refused by a state change: a write to the Prefect server's database.
+    media_runs_at_once: int = 16
     max_objects_per_run: int = 1  # objects one per-media flow run takes
     sweep_deployment: str = "scribeline-process-media/process-media"
     # A run RUNNING longer than the lease is taken for lost by the sweep (its machine died with

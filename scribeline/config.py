@@ -151,7 +151,9 @@ class Settings:
     # Per-media runs that execute at once: the GPU pool's concurrency limit (`scribeline deploy`).
     # A deployment concurrency limit would do it too, but each waiting run is then offered to the
     # workers every poll and refused by a state change: a write to the Prefect server's database.
-    media_runs_at_once: int = 16
+    # 4: on the SQLite-backed server of `scribeline up`, 16 runs at once made its writers wait on
+    # each other for its 60-s busy timeout; with PostgreSQL (docker/compose.yaml) raise it.
+    media_runs_at_once: int = 4
     max_objects_per_run: int = 1  # objects one per-media flow run takes
     sweep_deployment: str = "scribeline-process-media/process-media"
     # A run RUNNING longer than the lease is taken for lost by the sweep (its machine died with

@@ -132,7 +132,9 @@ def supervise(argv: list[str], pid_file: Path | None = None) -> int:
         rc = child[0].wait()
         if not stopping.is_set():
             print(f"scribeline worker: the worker process ended ({rc}); starting it again", flush=True)
-            _crash_runs_of(child[0].pid)
+            # Beside the restart, not before it: a busy API must not delay the new worker.
+            threading.Thread(target=_crash_runs_of, args=(child[0].pid,), name="scribeline-crash-marker",
+                             daemon=True).start()
             stopping.wait(2.0)
     return rc
 

@@ -108,8 +108,8 @@ def warm_up(settings: Settings) -> None:
 def supervise(argv: list[str], pid_file: Path | None = None) -> int:
     """Run ``argv`` (the worker proper) and start it again whenever it ends, until stopped.
 
-    A worker lost to a crash, the OOM killer or an operator's kill -9 is back in seconds; its
-    flow runs' unanswered stages fail those runs and the sweep gives their objects another."""
+    A worker lost to a crash, the OOM killer or an operator's kill -9 is back in seconds; the
+    runs it hosted are marked Crashed and the sweep gives their objects another attempt."""
     from scribeline import allocator
     from scribeline.procs import die_with_parent
 

@@ -439,10 +439,12 @@ def writer(target: "Lake | Path | str"):
     with _write_lock, _machine_lock(lake):
         con = _writers.get(lake)
         if con is None:
-            if lake.catalog_file and not lake.exists():
+            fresh = lake.catalog_file is not None and not lake.exists()
+            if fresh:
                 _create_local(lake)
             con = connect(lake)
-            _retrying(lambda: _create_schema(con))
+            if not fresh:  # an existing warehouse: tables or columns added since it was made
+                _retrying(lambda: _create_schema(con))
             _writers[lake] = con
         yield con
 

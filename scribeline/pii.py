@@ -99,9 +99,12 @@ def _analyzer_process(broken: ProcessPoolExecutor | None = None) -> ProcessPoolE
 
 
 def _start_in_child() -> None:
-    from scribeline.procs import die_with_parent
+    from scribeline.procs import exit_with_parent
 
-    die_with_parent()  # a worker killed outright takes its analyzer with it
+    # A worker killed outright takes its analyzer with it. Not the kernel's parent-death signal:
+    # that fires when the *thread* that started this process ends (a warm-up thread, a task's
+    # thread), and a cold run then loaded Presidio twice (4 s on its critical path).
+    exit_with_parent()
     analyzer()
 
 

@@ -115,3 +115,26 @@ def test_the_hash_operator_refuses_to_run_without_a_salt():
 
     with pytest.raises(ValueError, match="salt"):
         redact(transcript_of("Call 212-555-0199."), ENTITIES, operators=Operators({"*": "hash"}))
+
+
+def test_the_analyzer_process_outlives_the_thread_that_started_it():
+    # A cold `scribeline run` starts Presidio's process from a warm-up thread that ends long before
+    # the first redaction; the process must still be the one that redacts (a second start costs
+    # seconds on the run's critical path).
+    import threading
+    import time
+
+    from scribeline import pii
+
+    if pii._process is not None:  # a process of this test's own, started from a thread that then ends
+        pii._process.shutdown(wait=True)
+        pii._process = None
+    pids = []
+    started = threading.Thread(target=lambda: pids.append(pii.analyzer_pid()))  # waits until it is up, then ends
+    started.start()
+    started.join()
+    first = pids[0]
+    time.sleep(2)  # past the moment a thread-bound death signal would have ended it
+    out = redact(transcript_of("Hello, my name is John Smith and I live in Seattle."), ENTITIES)
+    assert "<PERSON>" in out.transcript.segments[0].text
+    assert pii.analyzer_pid() == first

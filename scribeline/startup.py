@@ -172,7 +172,8 @@ class ColdStart:
     def _load_model(self):
         try:
             timeline.start("import stages")
-            from scribeline import stages
+            from scribeline import stages, transcription  # noqa: F401 - torch and whisper, before Presidio's
+            # process starts beside them: two imports of torch at once on 2 cores delayed both
         finally:
             timeline.end("import stages")
             self._stages_imported.set()

@@ -172,8 +172,13 @@ class ColdStart:
     def _load_model(self):
         try:
             timeline.start("import stages")
-            from scribeline import stages, transcription  # noqa: F401 - torch and whisper, before Presidio's
-            # process starts beside them: two imports of torch at once on 2 cores delayed both
+            import importlib
+
+            from scribeline import stages
+
+            # torch and whisper before Presidio's process starts beside them (it imports torch
+            # too): two imports of torch at once on 2 cores delayed both.
+            importlib.import_module("scribeline.transcription")
         finally:
             timeline.end("import stages")
             self._stages_imported.set()

@@ -50,7 +50,6 @@ with warnings.catch_warnings():
             self._flows: dict[str, Any] = {}
             self._flows_lock = threading.Lock()
             self._threads = anyio.CapacityLimiter(kwargs.get("limit") or 16)
-            self._scopes: dict[Any, stopping.Scope] = {}
 
         def _flow(self, entrypoint: str):
             """The deployment's flow, imported once per entrypoint (the checkout is this process's)."""
@@ -65,14 +64,10 @@ with warnings.catch_warnings():
             from prefect.flow_engine import run_flow
 
             flow = self._flow(entrypoint)
-            with stopping.scope() as own:
-                self._scopes[flow_run.id] = own
-                try:
-                    # The engine proposes Running (a cancelled or deleted run stops here) and records
-                    # the final state itself; a failed flow is a Failed run, not a worker fault.
-                    run_flow(flow, flow_run=flow_run, return_type="state")
-                finally:
-                    self._scopes.pop(flow_run.id, None)
+            with stopping.scope():  # this run's cancellation stops its own stages only
+                # The engine proposes Running (a cancelled or deleted run stops here) and records
+                # the final state itself; a failed flow is a Failed run, not a worker fault.
+                run_flow(flow, flow_run=flow_run, return_type="state")
 
         async def run(self, flow_run, configuration, task_status=None) -> ProcessWorkerResult:
             me = identity()

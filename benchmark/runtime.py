@@ -27,8 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,19 +105,11 @@ class Stack:
     def sweep(self) -> None:
         """A sweep now, as the UI's Run button starts one: one API call (a `prefect deployment run`
         process would put its own start-up into the latency)."""
-        api = self.env["PREFECT_API_URL"]
-        for attempt in range(10):  # a SQLite-backed server may answer 503 ("database is locked") under load
-            try:
-                deployment = json.loads(urllib.request.urlopen(f"{api}/deployments/name/scribeline-sweep/sweep",
-                                                               timeout=60).read())
-                req = urllib.request.Request(f"{api}/deployments/{deployment['id']}/create_flow_run", data=b"{}",
-                                             headers={"Content-Type": "application/json"})
-                urllib.request.urlopen(req, timeout=60).read()
-                return
-            except urllib.error.HTTPError as exc:
-                if exc.code != 503 or attempt == 9:
-                    raise
-                time.sleep(0.5)
+        sys.path.insert(0, str(ROOT))
+        from tests.conftest import start_sweep
+
+        if not start_sweep(self.env["PREFECT_API_URL"]):
+            raise RuntimeError("the sweep could not be started")
 
     def ledger_keys(self) -> set[str]:
         """Read as an analyst does, while the workers load (DuckLake: readers never block writers)."""

@@ -44,6 +44,34 @@ def free_s3_port() -> int:
     raise RuntimeError("no free port range for the test S3 server")
 
 
+def start_sweep(api_url: str, patience_s: float = 90.0) -> bool:
+    """Start the sweep deployment now (a worker of the CPU pool runs it), as an operator's button in the
+    UI would: one API call. A 503 (the SQLite-backed server busy: "database is locked") is asked again,
+    as Prefect's own clients do, for ``patience_s``; then, or on any other failure, False (reported)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            deployment = json.loads(urllib.request.urlopen(f"{api_url}/deployments/name/scribeline-sweep/sweep",
+                                                           timeout=120).read())
+            urllib.request.urlopen(urllib.request.Request(
+                f"{api_url}/deployments/{deployment['id']}/create_flow_run", data=b"{}",
+                headers={"Content-Type": "application/json"}), timeout=120).read()
+            return True
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                print(f"sweep request not answered: {exc!r}")
+                return False
+            time.sleep(1 + random.random())
+        except OSError as exc:  # URLError and timeouts
+            print(f"sweep request not answered: {exc!r}")
+            return False
+
+
 TEST_ENV = {
     "SCRIBELINE_DATA_DIR": str(_DATA / "data"),
     "SCRIBELINE_EMBEDDED_S3_PORT": str(free_s3_port()),

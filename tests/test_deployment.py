@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from scribeline import artifacts, services, storage, warehouse
 from scribeline.config import Settings
-from tests.conftest import ROOT, free_s3_port, niceness
+from tests.conftest import ROOT, free_s3_port, niceness, start_sweep
 
 
 def _free_port() -> int:
@@ -80,25 +79,10 @@ def _api(env, path, body=None, timeout=30):
 
 
 def sweep(env) -> bool:
-    """Start the sweep deployment now (a worker of the CPU pool runs it), as an operator's button in the UI
-    would: one API call. On a loaded 2-core machine the server may answer late; then the schedule's next
-    sweep (every minute) does the same work, so a late answer is reported, not fatal."""
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            deployment = json.loads(urllib.request.urlopen(env["PREFECT_API_URL"] + "/deployments/name/scribeline-sweep/sweep",
-                                                           timeout=120).read())
-            _api(env, f"/deployments/{deployment['id']}/create_flow_run", {}, timeout=120)
-            return True
-        except urllib.error.HTTPError as exc:
-            # 503: Prefect's SQLite is busy ("database is locked"); Prefect's own clients retry it.
-            if exc.code != 503 or time.monotonic() > deadline:
-                print(f"sweep request not answered: {exc!r}")
-                return False
-            time.sleep(1 + random.random())
-        except OSError as exc:  # URLError and timeouts
-            print(f"sweep request not answered: {exc!r}")
-            return False
+    """A sweep now, by one API call (conftest.start_sweep). On a loaded 2-core machine the server may answer
+    late; then the schedule's next sweep (every minute) does the same work, so a late answer is reported,
+    not fatal."""
+    return start_sweep(env["PREFECT_API_URL"])
 
 
 def ledger(settings):

@@ -138,3 +138,29 @@ def test_the_analyzer_process_outlives_the_thread_that_started_it():
     out = redact(transcript_of("Hello, my name is John Smith and I live in Seattle."), ENTITIES)
     assert "<PERSON>" in out.transcript.segments[0].text
     assert pii.analyzer_pid() == first
+
+
+def test_presidio_loads_only_in_the_analyzers_process_and_that_process_loads_no_torch():
+    # Each needless import costs a cold `scribeline run` seconds of CPU: Presidio and spaCy in the
+    # pipeline's process for the redacted output's residual check (1.5-3 s), torch in the analyzer's
+    # process, whose spaCy pipeline runs on numpy (2.8 s).
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+from scribeline import pii, redaction, validation
+from tests.conftest import transcript_of
+out = redaction.redact(transcript_of("Call John Smith at 653 587 3677 tomorrow."), {ENTITIES!r})
+report = validation.validate_redacted(out.transcript)
+child = pii._analyzer_process().submit(eval, "[m for m in ('presidio_analyzer', 'spacy', 'torch') if __import__('sys').modules.get(m)]")
+print(json.dumps({{"here": [m for m in ('presidio_analyzer', 'spacy') if m in sys.modules], "analyzer": child.result(),
+                  "passed": report.passed, "text": out.transcript.segments[0].text}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "<PERSON>" in seen["text"] and "<PHONE_NUMBER>" in seen["text"] and seen["passed"]
+    assert seen["here"] == []
+    assert seen["analyzer"] == ["presidio_analyzer", "spacy"]

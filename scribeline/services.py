@@ -116,9 +116,10 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     if svc.pid() is not None:
         return svc
     port = settings.embedded_s3_port
+    store = settings.data_dir / "s3"
+    _await_stopped(svc, f"-dir={store}")
     if _port_open(port):
         raise RuntimeError(f"port {port} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")
-    store = settings.data_dir / "s3"
     store.mkdir(parents=True, exist_ok=True)
     access, secret = settings.credentials()
     # The embedded server shares the worker's cores. Idle, SeaweedFS still wakes ~150 times
@@ -174,11 +175,22 @@ def _wait(check, timeout: float, svc: Service) -> None:
     raise RuntimeError(f"{svc.name} server did not come up within {timeout:.0f} s; see {svc.log_file}")
 
 
-def stop(svc: Service, timeout: float = 20.0) -> bool:
+def stop(svc: Service, timeout: float = 20.0, wait: bool = True) -> bool:
+    """Stop a service (SIGTERM, again, then SIGKILL) and wait for it to end; with ``wait=False``
+    only ask it to stop: its pid file becomes a ``.stopping`` one, which the next start of the
+    same service (:func:`start_s3`) waits for. A one-shot ``scribeline run`` ends so, 1.2 s
+    sooner: SeaweedFS's filer takes that long to shut down, and nothing is left to wait for."""
     pid = svc.pid()
     if pid is None:
         svc.pid_file.unlink(missing_ok=True)
         return False
+    if not wait:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        svc.pid_file.replace(_stopping(svc).pid_file)
+        return True
     for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -192,6 +204,45 @@ def stop(svc: Service, timeout: float = 20.0) -> bool:
             break
     svc.pid_file.unlink(missing_ok=True)
     return True
+
+
+def _stopping(svc: Service) -> Service:
+    return Service(svc.name, svc.pid_file.with_suffix(".stopping"), svc.log_file, svc.url)
+
+
+def _await_stopped(svc: Service, command_holds: str, timeout: float = 20.0) -> None:
+    """Wait for the one this data directory's last command left stopping (``stop(wait=False)``)
+    to end, its ports closed; kill it past ``timeout``. Only a process whose command line holds
+    ``command_holds`` (its data directory) is waited for: a pid in a stale file may be another
+    program's now."""
+    stopping = _stopping(svc)
+    pid = stopping.pid()
+    try:
+        ours = pid is not None and command_holds in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        ours = False
+    deadline, killed = time.monotonic() + timeout, False
+    while ours and not _ended(pid):
+        if time.monotonic() > deadline:
+            if killed:  # not reaped by its parent: nothing more to do here
+                break
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline, killed = time.monotonic() + 5, True
+        time.sleep(0.05)
+    stopping.pid_file.unlink(missing_ok=True)
+
+
+def _ended(pid: int) -> bool:
+    """Whether the process has ended entirely. Its main thread may show as a zombie while its
+    other threads still hold its ports (SeaweedFS's last 10 ms), so: reaped, where it is a child
+    of this process; else gone from /proc (its parent, init, reaps it once it has ended)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return not os.path.exists(f"/proc/{pid}")
 
 
 def _reap(pid: int) -> None:

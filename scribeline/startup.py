@@ -137,9 +137,9 @@ class ColdStart:
     def s3(self):
         """Wait for the S3 server; returns the callback that stops it (if it was started here).
 
-        The callback returns at once: SeaweedFS takes ~1.2 s to shut down (its filer), which
-        overlaps the printing of the table and Prefect's flushing of logs and events at exit
-        (the process waits for the thread before it ends)."""
+        The callback asks the server to stop and returns: SeaweedFS takes ~1.2 s to shut down
+        (its filer), and the next command on this data directory waits for that
+        (``services.stop(wait=False)``), not this one."""
         from scribeline import services
 
         timeline.span("s3 wait", self._s3.join)
@@ -148,8 +148,7 @@ class ColdStart:
         svc = self._s3.result
         if svc is None:
             return lambda: None
-        return lambda: threading.Thread(target=timeline.span, args=("s3 stop", services.stop, svc),
-                                        name="scribeline-s3-stop").start()
+        return lambda: timeline.span("s3 stop", services.stop, svc, wait=False)
 
     def any_waiting(self) -> bool:
         from scribeline import storage

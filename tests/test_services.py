@@ -68,3 +68,33 @@ def test_scribeline_run_starts_its_own_ephemeral_api_and_seeds_a_fresh_prefect_h
     assert [r["seeded"] for r in runs] == [False, True]  # the first migrated and saved the empty database
     assert services.prefect_db_template().name.startswith("prefect-")
     assert list((tmp_path / "cache" / "scribeline").glob("prefect-*-empty.db"))
+
+
+def test_a_server_left_stopping_is_waited_for_by_the_next_start_which_then_serves(tmp_path):
+    # A one-shot `scribeline run` asks its S3 server to stop and ends (SeaweedFS takes ~1.2 s to
+    # shut down); a command started at once on the same data directory must neither find the old
+    # server's port taken nor use a server that is going away, and nothing written is lost.
+    import dataclasses
+    import os
+    import time
+
+    from scribeline import storage
+    from scribeline.config import Settings
+    from tests.conftest import free_s3_port
+
+    settings = dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data", embedded_s3_port=free_s3_port())
+    first = services.start_s3(settings)
+    old = first.pid()
+    storage.put_json(settings, settings.bucket_processed, "kept.json", {"written": "before the stop"})
+    asked = time.monotonic()
+    assert services.stop(first, wait=False)
+    assert time.monotonic() - asked < 0.5
+    assert not services.s3_running(settings)
+    again = services.start_s3(settings)
+    try:
+        assert again.pid() not in (None, old)
+        assert not os.path.exists(f"/proc/{old}")  # ended (and reaped) before the new one started
+        assert not (tmp_path / "data" / "run" / "s3.stopping").exists()
+        assert storage.get_json(settings, settings.bucket_processed, "kept.json") == {"written": "before the stop"}
+    finally:
+        services.stop(again)

@@ -118,8 +118,15 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     port = settings.embedded_s3_port
     store = settings.data_dir / "s3"
     _await_stopped(svc, f"-dir={store}")
-    if _port_open(port):
-        raise RuntimeError(f"port {port} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")
+    base = port - 8333  # every port derives from the S3 port, so that two data directories can run side by side
+    ports = [port, 9333 + base, 8080 + base, 8888 + base, 23646 + base, 7333 + base, 8181 + base, 9101 + base]
+    # A server another data directory's command has just asked to stop holds its ports for ~1.2 s more.
+    deadline = time.monotonic() + 5
+    grpc = [p + 10000 for p in ports]  # SeaweedFS's own: each server's gRPC port
+    while (taken := [p for p in ports + grpc if _port_open(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if taken:
+        raise RuntimeError(f"port {taken[0]} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")
     store.mkdir(parents=True, exist_ok=True)
     access, secret = settings.credentials()
     # The embedded server shares the worker's cores. Idle, SeaweedFS still wakes ~150 times
@@ -128,14 +135,12 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     # the lowest priority and with one thread for Go code it runs when a core is free:
     # uploads took as long as before.
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret, GOMAXPROCS="1")
-    # Every port derives from the S3 port so that two data directories can run side by side.
-    base = port - 8333
     cmd = [
         weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-admin.ui=false",
-        f"-s3.port={port}", f"-master.port={9333 + base}", f"-volume.port={8080 + base}",
-        f"-filer.port={8888 + base}", f"-admin.port={23646 + base}", f"-webdav.port={7333 + base}",
-        f"-s3.port.iceberg={8181 + base}", f"-s3.port.lance={9101 + base}", "-volume.preStopSeconds=0",
+        *(f"-{flag}={p}" for flag, p in zip(("s3.port", "master.port", "volume.port", "filer.port", "admin.port",
+                                             "webdav.port", "s3.port.iceberg", "s3.port.lance"), ports)),
+        "-volume.preStopSeconds=0",
     ]
     _spawn(_niced(cmd), env, svc.log_file, svc.pid_file, store)
     _wait(lambda: _port_open(port), timeout, svc)

@@ -180,6 +180,25 @@ def _wait(check, timeout: float, svc: Service) -> None:
     raise RuntimeError(f"{svc.name} server did not come up within {timeout:.0f} s; see {svc.log_file}")
 
 
+# Signals a server asked to stop once more, then kills it, if it has not ended in time (stop(wait=False)).
+_STOP_WATCHDOG = """
+import os, signal, sys, time
+pid, wait_s = int(sys.argv[1]), float(sys.argv[2])
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit(0)
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        sys.exit(0)
+"""
+
+
 def stop(svc: Service, timeout: float = 20.0, wait: bool = True) -> bool:
     """Stop a service (SIGTERM, again, then SIGKILL) and wait for it to end; with ``wait=False``
     only ask it to stop: its pid file becomes a ``.stopping`` one, which the next start of the
@@ -195,6 +214,11 @@ def stop(svc: Service, timeout: float = 20.0, wait: bool = True) -> bool:
         except ProcessLookupError:
             pass
         svc.pid_file.replace(_stopping(svc).pid_file)
+        # What the wait below would do, done by a process that outlives this one: SeaweedFS never
+        # ends if its directory is deleted while it shuts down (seen: a test's temporary directory).
+        subprocess.Popen([sys.executable, "-I", "-S", "-c", _STOP_WATCHDOG, str(pid), str(timeout / 2)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
         return True
     for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
         try:

@@ -98,3 +98,25 @@ def test_a_server_left_stopping_is_waited_for_by_the_next_start_which_then_serve
         assert storage.get_json(settings, settings.bucket_processed, "kept.json") == {"written": "before the stop"}
     finally:
         services.stop(again)
+
+
+def test_a_server_asked_to_stop_ends_even_if_it_hangs_in_its_shutdown(tmp_path):
+    # SeaweedFS never ends if its directory is deleted while it shuts down. A command that asked its
+    # server to stop and ended (stop(wait=False)) leaves a watchdog that kills it past the timeout.
+    import dataclasses
+    import os
+    import shutil
+    import time
+
+    from scribeline.config import Settings
+    from tests.conftest import free_s3_port
+
+    settings = dataclasses.replace(Settings.from_env(), data_dir=tmp_path / "data", embedded_s3_port=free_s3_port())
+    svc = services.start_s3(settings)
+    pid = svc.pid()
+    services.stop(svc, timeout=2, wait=False)
+    shutil.rmtree(tmp_path / "data")
+    deadline = time.monotonic() + 15
+    while os.waitpid(pid, os.WNOHANG)[0] != pid:
+        assert time.monotonic() < deadline, "the server asked to stop is still running"
+        time.sleep(0.1)

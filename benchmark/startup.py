@@ -23,6 +23,7 @@ version before a change: it writes no timeline, only wall and CPU times).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -31,6 +32,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scribeline import services
+from scribeline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = ROOT.parent / "shared" / "media" / "en_jfk.flac"
@@ -58,6 +62,9 @@ def one_round(file: Path, tree: Path, no_template: bool) -> dict:
             raise SystemExit(f"scribeline run failed (status {status}):\n{out[-3000:]}")
         timeline = tmp / "timeline.json"
         spans = json.loads(timeline.read_text())["spans"] if timeline.exists() else {}
+        # The command asked its S3 server to stop and ended; the server ends ~1.2 s later (and never,
+        # if its directory is deleted first), as the next command on a data directory waits for it.
+        services.await_s3_stopped(dataclasses.replace(Settings.from_env(), data_dir=tmp / "data"))
     return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "load1": round(load, 2),
             "spans": spans}
 

@@ -100,16 +100,15 @@ def _analyzer_process(broken: ProcessPoolExecutor | None = None) -> ProcessPoolE
 
 
 def _start_in_child() -> None:
-    from scribeline.procs import exit_with_parent
+    from scribeline.procs import NotInstalled, exit_with_parent
 
     # A worker killed outright takes its analyzer with it. Not the kernel's parent-death signal:
     # that fires when the *thread* that started this process ends (a warm-up thread, a task's
     # thread), and a cold run then loaded Presidio twice (4 s on its critical path).
     exit_with_parent()
     # spaCy's small English pipeline runs on numpy, but thinc imports torch whenever it is
-    # installed: 2.8 s of CPU at every start of this process (measured), beside the model's own
-    # load. ``None`` in sys.modules makes ``import torch`` fail here as if it were not installed.
-    sys.modules.setdefault("torch", None)
+    # installed: 2.8 s of CPU at every start of this process (measured), beside the model's own load.
+    sys.meta_path.insert(0, NotInstalled({"torch"}))
     analyzer()
 
 

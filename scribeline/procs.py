@@ -41,3 +41,17 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
                 os._exit(0)
 
     threading.Thread(target=watch, name="scribeline-parent-watch", daemon=True).start()
+
+
+class NotInstalled:
+    """A meta path finder that makes ``import name`` fail in this process as if the package were
+    not installed. (Not ``sys.modules[name] = None``: scipy, for one, then finds the name in
+    sys.modules and breaks.)"""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (not loaded in this process)", name=fullname)
+        return None

@@ -117,7 +117,7 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
         return svc
     port = settings.embedded_s3_port
     store = settings.data_dir / "s3"
-    _await_stopped(svc, f"-dir={store}")
+    await_s3_stopped(settings)
     base = port - 8333  # every port derives from the S3 port, so that two data directories can run side by side
     ports = [port, 9333 + base, 8080 + base, 8888 + base, 23646 + base, 7333 + base, 8181 + base, 9101 + base]
     # A server another data directory's command has just asked to stop holds its ports for ~1.2 s more.
@@ -262,6 +262,12 @@ def _await_stopped(svc: Service, command_holds: str, timeout: float = 20.0) -> N
             deadline, killed = time.monotonic() + 5, True
         time.sleep(0.05)
     stopping.pid_file.unlink(missing_ok=True)
+
+
+def await_s3_stopped(settings: Settings) -> None:
+    """Return once the S3 server this data directory's last command asked to stop has ended
+    (at once if none): before a new one starts, or before the directory is deleted."""
+    _await_stopped(s3_service(settings), f"-dir={settings.data_dir / 's3'}")
 
 
 def _ended(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmark.startup [--repeat 5] [--file ../shared/media/en_jfk.flac]
                                           [--no-template] [--tree DIR] [--json OUT]
+    .venv/bin/python -m benchmark.startup --floor
 
 Each round runs ``python -m scribeline.cli run FILE`` in a fresh process with a fresh
 data directory (``SCRIBELINE_DATA_DIR`` in /tmp): no ``scribeline up``, so the command
@@ -17,7 +18,10 @@ server, Prefect's API, the Presidio analyzer), the machine's load average before
 round, and the median; then the median start and end of each step of the command's
 timeline (``SCRIBELINE_STARTUP_TIMELINE``, seconds since the process started).
 ``--tree DIR`` runs another checkout's ``scribeline`` with this one's environment (the
-version before a change: it writes no timeline, only wall and CPU times).
+version before a change: it writes no timeline, only wall and CPU times). ``--floor``
+measures only what a cold run must load (Prefect, torch and the model, Great
+Expectations, Presidio, Prefect's API), each alone in a fresh process: the sum of their
+CPU times over the cores is the least wall time a cold run can take on this machine.
 """
 
 from __future__ import annotations
@@ -69,6 +73,45 @@ def one_round(file: Path, tree: Path, no_template: bool) -> dict:
             "spans": spans}
 
 
+# What a cold run has to load, each measured alone in a fresh process (``--floor``): the CPU
+# seconds (user + system) before any media is processed.
+FLOOR = {
+    "Python interpreter": "pass",
+    "Prefect (client) imported": "import prefect",
+    "torch and whisper imported, model loaded (int8)":
+        "from scribeline import config, transcription; transcription.load_model(config.Settings.from_env().model, 'cpu', cpu_int8=True)",
+    "Great Expectations imported, context built": "from scribeline import validation; validation.warm_up()",
+    "Presidio and spaCy loaded (its process: no torch)":
+        "import sys; from scribeline.procs import NotInstalled; sys.meta_path.insert(0, NotInstalled({'torch'})); "
+        "from scribeline import pii; pii.analyzer()",
+    "Prefect's API started until it answers (its process)":
+        "import os, tempfile; os.environ['SCRIBELINE_DATA_DIR'] = tempfile.mkdtemp(); "
+        "from scribeline import services; from scribeline.config import Settings; "
+        "api = services.start_ephemeral_api(Settings.from_env()).wait(); "
+        "f = open(f'/proc/{api.process.pid}/stat').read().rsplit(')', 1)[1].split(); "
+        "print('CPU', (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')); api.stop()",
+}
+
+
+def floor() -> None:
+    """Each start-up of ``FLOOR`` alone, its CPU time; their sum over the cores is a cold run's least wall time."""
+    total = 0.0
+    print(f"{'what a cold run loads, alone in a fresh process':56} CPU s")
+    for name, code in FLOOR.items():
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{name}: failed")
+        cpu = usage.ru_utime + usage.ru_stime
+        if "CPU " in out:  # the measured process is a child that outlives the wait: its own figure
+            cpu = float(out.split("CPU ")[1].split()[0])
+        total += cpu
+        print(f"  {name:54} {cpu:5.2f}")
+    cores = os.cpu_count()
+    print(f"  {'sum':54} {total:5.2f}\n\non {cores} cores, these alone take at least {total / cores:.1f} s of wall time")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -76,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-template", action="store_true", help="no cached Prefect database: every round migrates")
     p.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose scribeline runs (default: this one)")
     p.add_argument("--json", type=Path, help="write the rounds here")
+    p.add_argument("--floor", action="store_true", help="only the CPU time of what a cold run loads, each alone")
     args = p.parse_args(argv)
+    if args.floor:
+        return floor()
 
     rounds = []
     for i in range(args.repeat):

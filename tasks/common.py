@@ -26,7 +26,7 @@ class _ThreadTimeoutNotice(logging.Filter):
     purpose (a thread of the flow's task runner, a timeout from its media's size): the stages
     bound their own time (the decode budget, the stop checks), and a stage that ran past its
     timeout still fails when it returns. The warning came once per task run, eight lines on a
-    ``scribeline run``'s console and in each run's logs in the UI (26 media: 234 of them)."""
+    ``scribeline run``'s console and in each run's logs in the UI (26 media: 208 of them)."""
 
     PREFIX = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
 

@@ -153,7 +153,7 @@ def test_the_same_bad_bytes_again_add_no_quarantine_record(first_run, tmp_path):
 def test_a_stage_past_its_timeout_fails_and_no_thread_timeout_warning_is_logged(prefect_api):
     # Stage tasks run in the flow's threads with a timeout from their media. Prefect cannot interrupt
     # a blocking call there, but the task still ends TimedOut when it returns; the warning Prefect
-    # logs about that for every task run (eight lines each, 234 for 26 media) is dropped.
+    # logs about that for every task run (eight lines each, 208 for 26 media) is dropped.
     import logging
     import time
 

@@ -422,10 +422,10 @@ _exit_status: int | None = None
 
 def _end_without_teardown() -> None:
     """The last exit handler: once the command has returned, its threads are joined and every
-    other exit handler has run (Prefect's logs and events sent, services stopped, temporary
-    files removed), the process ends without tearing the interpreter down. That teardown frees
-    torch, Great Expectations, Prefect and their objects one by one: 2.1 s of a cold
-    ``scribeline run`` (measured), with nothing left to write. Not after an uncaught error."""
+    other exit handler has run (Prefect's logs and events sent, services stopped or asked to,
+    temporary files removed), the process ends without tearing the interpreter down. That
+    teardown frees torch, Great Expectations, Prefect and their objects one by one: 2.1 s of a
+    cold ``scribeline run`` (measured), with nothing left to write. Not after an uncaught error."""
     if _exit_status is None:
         return
     import logging

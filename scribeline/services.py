@@ -272,7 +272,7 @@ def await_s3_stopped(settings: Settings) -> None:
 
 def _ended(pid: int) -> bool:
     """Whether the process has ended entirely. Its main thread may show as a zombie while its
-    other threads still hold its ports (SeaweedFS's last 10 ms), so: reaped, where it is a child
+    other threads still hold its ports (seen with SeaweedFS), so: reaped, where it is a child
     of this process; else gone from /proc (its parent, init, reaps it once it has ended)."""
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == pid

@@ -149,7 +149,8 @@ def plausible_name(entity_type: str, value: str) -> bool:
 # blanked first: their hash's digits are no spoken number.
 _TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>")
 _WRITTEN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_SPOKEN_EMAIL = re.compile(rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*\s+at\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b", re.I)
+_SPOKEN_EMAIL = re.compile(
+    rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*\s+at\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b", re.I)
 _RUN_TOGETHER_EMAIL = re.compile(rf"\b{EMAIL_NAME}(?:\.{EMAIL_NAME})*at[a-z0-9-]+\.{EMAIL_TLD}\b", re.I)
 RESIDUAL_MIN_DIGITS = 7  # a phone number's local part; card numbers and SSNs are longer
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
-from scribeline.spoken_pii import EMAIL_CONTEXT, EMAIL_DOT, EMAIL_NAME, EMAIL_TLD, classify, digit_runs
+from scribeline.spoken_pii import EMAIL_CONTEXT, classify, digit_runs
+from scribeline.spoken_pii import EMAIL_DOT as _DOT, EMAIL_NAME as _NAME, EMAIL_TLD as _TLD
 
 
 class SpokenNumberRecognizer(EntityRecognizer):
@@ -39,16 +40,16 @@ def spoken_email_recognizer() -> PatternRecognizer:
     """E-mail addresses as whisper writes them when they are spoken."""
     patterns = [
         # maria dot patel at mailpost dot org / maria.patel at mailpost.org
-        Pattern("spoken", rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*\s+at\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b", 0.85),
+        Pattern("spoken", rf"\b{_NAME}(?:{_DOT}{_NAME})*\s+at\s+{_NAME}(?:{_DOT}{_NAME})*{_DOT}{_TLD}\b", 0.85),
         # "at" heard as "to": mario.pertella to mailpost.org (the name must hold a dot)
-        Pattern("spoken to", rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})+\s+to\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b", 0.7),
+        Pattern("spoken to", rf"\b{_NAME}(?:{_DOT}{_NAME})+\s+to\s+{_NAME}(?:{_DOT}{_NAME})*{_DOT}{_TLD}\b", 0.7),
         # run together: Maria.patelatmailpost.org
-        Pattern("name.nameatdomain", rf"\b{EMAIL_NAME}\.[a-z0-9_-]*at[a-z0-9-]+(?:\.[a-z0-9-]+)*\.{EMAIL_TLD}\b", 0.7),
+        Pattern("name.nameatdomain", rf"\b{_NAME}\.[a-z0-9_-]*at[a-z0-9-]+(?:\.[a-z0-9-]+)*\.{_TLD}\b", 0.7),
         # Robert.Walker.com (not www.example.com)
-        Pattern("name.name.tld", rf"\b(?!www\.){EMAIL_NAME}\.{EMAIL_NAME}\.{EMAIL_TLD}\b", 0.5),
+        Pattern("name.name.tld", rf"\b(?!www\.){_NAME}\.{_NAME}\.{_TLD}\b", 0.5),
         # patellatmailpost.org, Robert.com: only where the words before speak of mail
-        Pattern("nameatdomain", rf"\b[a-z0-9_-]+at[a-z0-9-]+\.{EMAIL_TLD}\b", 0.3),
-        Pattern("name.tld", rf"\b{EMAIL_NAME}\.{EMAIL_TLD}\b", 0.2),
+        Pattern("nameatdomain", rf"\b[a-z0-9_-]+at[a-z0-9-]+\.{_TLD}\b", 0.3),
+        Pattern("name.tld", rf"\b{_NAME}\.{_TLD}\b", 0.2),
     ]
     return PatternRecognizer(supported_entity="EMAIL_ADDRESS", name="SpokenEmailRecognizer", supported_language="en",
                              patterns=patterns, context=EMAIL_CONTEXT)

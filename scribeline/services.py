@@ -110,6 +110,17 @@ def _spawn(cmd: list[str], env: dict[str, str], log_file: Path, pid_file: Path, 
     return proc.pid
 
 
+_S3_PORT_FLAGS = {"s3.port": 8333, "master.port": 9333, "volume.port": 8080, "filer.port": 8888, "admin.port": 23646,
+                  "webdav.port": 7333, "s3.port.iceberg": 8181, "s3.port.lance": 9101}  # SeaweedFS's defaults
+
+
+def s3_ports(s3_port: int) -> list[int]:
+    """The ports of ``weed mini`` for an S3 port, in ``_S3_PORT_FLAGS``' order: every one derives
+    from the S3 port, so that two data directories can run side by side. (Each server also takes
+    its port + 10000 for gRPC.)"""
+    return [default + s3_port - 8333 for default in _S3_PORT_FLAGS.values()]
+
+
 def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     """Start ``weed mini`` (S3 API on ``embedded_s3_port``) unless it already runs."""
     svc = s3_service(settings)
@@ -118,12 +129,10 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     port = settings.embedded_s3_port
     store = settings.data_dir / "s3"
     await_s3_stopped(settings)
-    base = port - 8333  # every port derives from the S3 port, so that two data directories can run side by side
-    ports = [port, 9333 + base, 8080 + base, 8888 + base, 23646 + base, 7333 + base, 8181 + base, 9101 + base]
+    ports = s3_ports(port)
     # A server another data directory's command has just asked to stop holds its ports for ~1.2 s more.
     deadline = time.monotonic() + 5
-    grpc = [p + 10000 for p in ports]  # SeaweedFS's own: each server's gRPC port
-    while (taken := [p for p in ports + grpc if _port_open(p)]) and time.monotonic() < deadline:
+    while (taken := [p for p in ports + [p + 10000 for p in ports] if _port_open(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     if taken:
         raise RuntimeError(f"port {taken[0]} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")
@@ -138,8 +147,7 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     cmd = [
         weed_binary(), "mini", f"-dir={store}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-admin.ui=false",
-        *(f"-{flag}={p}" for flag, p in zip(("s3.port", "master.port", "volume.port", "filer.port", "admin.port",
-                                             "webdav.port", "s3.port.iceberg", "s3.port.lance"), ports)),
+        *(f"-{flag}={p}" for flag, p in zip(_S3_PORT_FLAGS, ports)),
         "-volume.preStopSeconds=0",
     ]
     _spawn(_niced(cmd), env, svc.log_file, svc.pid_file, store)
@@ -180,25 +188,6 @@ def _wait(check, timeout: float, svc: Service) -> None:
     raise RuntimeError(f"{svc.name} server did not come up within {timeout:.0f} s; see {svc.log_file}")
 
 
-# Signals a server asked to stop once more, then kills it, if it has not ended in time (stop(wait=False)).
-_STOP_WATCHDOG = """
-import os, signal, sys, time
-pid, wait_s = int(sys.argv[1]), float(sys.argv[2])
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    end = time.monotonic() + wait_s
-    while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            sys.exit(0)
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        sys.exit(0)
-"""
-
-
 def stop(svc: Service, timeout: float = 20.0, wait: bool = True) -> bool:
     """Stop a service (SIGTERM, again, then SIGKILL) and wait for it to end; with ``wait=False``
     only ask it to stop: its pid file becomes a ``.stopping`` one, which the next start of the
@@ -214,25 +203,36 @@ def stop(svc: Service, timeout: float = 20.0, wait: bool = True) -> bool:
         except ProcessLookupError:
             pass
         svc.pid_file.replace(_stopping(svc).pid_file)
-        # What the wait below would do, done by a process that outlives this one: SeaweedFS never
-        # ends if its directory is deleted while it shuts down (seen: a test's temporary directory).
-        subprocess.Popen([sys.executable, "-I", "-S", "-c", _STOP_WATCHDOG, str(pid), str(timeout / 2)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+        # The rest of the stop below (signal again, then kill, if it has not ended in time), done
+        # by a process that outlives this one: SeaweedFS never ends if its directory is deleted
+        # while it shuts down (seen: a test's temporary directory).
+        watchdog = ("import signal, sys; from scribeline.services import _ended, _signal_until_ended; "
+                    "pid = int(sys.argv[1]); "
+                    "_signal_until_ended(pid, lambda: _ended(pid), float(sys.argv[2]), (None, signal.SIGTERM, signal.SIGKILL))")
+        subprocess.Popen([sys.executable, "-c", watchdog, str(pid), str(timeout / 2)],
+                         cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         return True
-    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout / 2
-        while time.monotonic() < deadline and svc.pid() is not None:
-            time.sleep(0.2)
-            _reap(pid)
-        if svc.pid() is None:
-            break
+    _signal_until_ended(pid, lambda: svc.pid() is None, timeout / 2)
     svc.pid_file.unlink(missing_ok=True)
     return True
+
+
+def _signal_until_ended(pid: int, ended, wait_s: float,
+                        signals=(signal.SIGTERM, signal.SIGTERM, signal.SIGKILL), poll_s: float = 0.2) -> None:
+    """Each of ``signals`` in turn to ``pid``'s process group (``None``: one already sent), each
+    followed by up to ``wait_s`` for ``ended()``; returns as soon as it has ended."""
+    for sig in signals:
+        if ended():
+            return
+        if sig is not None:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not ended():
+            time.sleep(poll_s)
 
 
 def _stopping(svc: Service) -> Service:
@@ -250,17 +250,9 @@ def _await_stopped(svc: Service, command_holds: str, timeout: float = 20.0) -> N
         ours = pid is not None and command_holds in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         ours = False
-    deadline, killed = time.monotonic() + timeout, False
-    while ours and not _ended(pid):
-        if time.monotonic() > deadline:
-            if killed:  # not reaped by its parent: nothing more to do here
-                break
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deadline, killed = time.monotonic() + 5, True
-        time.sleep(0.05)
+    if ours:  # past the timeout killed, then given 5 s (not reaped by its parent: nothing more to do here)
+        _signal_until_ended(pid, lambda: _ended(pid), timeout, (None,), poll_s=0.05)
+        _signal_until_ended(pid, lambda: _ended(pid), 5, (signal.SIGKILL,), poll_s=0.05)
     stopping.pid_file.unlink(missing_ok=True)
 
 

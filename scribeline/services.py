@@ -114,11 +114,12 @@ _S3_PORT_FLAGS = {"s3.port": 8333, "master.port": 9333, "volume.port": 8080, "fi
                   "webdav.port": 7333, "s3.port.iceberg": 8181, "s3.port.lance": 9101}  # SeaweedFS's defaults
 
 
-def s3_ports(s3_port: int) -> list[int]:
+def s3_ports(s3_port: int, grpc: bool = False) -> list[int]:
     """The ports of ``weed mini`` for an S3 port, in ``_S3_PORT_FLAGS``' order: every one derives
-    from the S3 port, so that two data directories can run side by side. (Each server also takes
-    its port + 10000 for gRPC.)"""
-    return [default + s3_port - 8333 for default in _S3_PORT_FLAGS.values()]
+    from the S3 port, so that two data directories can run side by side. With ``grpc``, also
+    the port each server takes for gRPC (SeaweedFS's own rule: its port + 10000)."""
+    ports = [default + s3_port - 8333 for default in _S3_PORT_FLAGS.values()]
+    return ports + [p + 10000 for p in ports] if grpc else ports
 
 
 def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
@@ -132,7 +133,7 @@ def start_s3(settings: Settings, timeout: float = 60.0) -> Service:
     ports = s3_ports(port)
     # A server another data directory's command has just asked to stop holds its ports for ~1.2 s more.
     deadline = time.monotonic() + 5
-    while (taken := [p for p in ports + [p + 10000 for p in ports] if _port_open(p)]) and time.monotonic() < deadline:
+    while (taken := [p for p in s3_ports(port, grpc=True) if _port_open(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     if taken:
         raise RuntimeError(f"port {taken[0]} is taken by another program; set SCRIBELINE_EMBEDDED_S3_PORT")

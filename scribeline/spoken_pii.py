@@ -131,6 +131,9 @@ def classify(text: str, run: DigitRun, min_digits: int = 7) -> str | None:
 EMAIL_TLD = r"(?:com|org|net|edu|gov|io|co|us|uk|info|biz|me|ai)"
 EMAIL_NAME = r"[a-z0-9][a-z0-9_-]*"
 EMAIL_DOT = r"(?:\s*\.\s*|\s+dot\s+)"
+# maria dot patel at mailpost dot org / maria.patel at mailpost.org: the redaction's recognizer
+# (spoken_recognizers.py) and the residual check below match the same spelling.
+SPOKEN_EMAIL = rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*\s+at\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b"
 EMAIL_CONTEXT = ["email", "e-mail", "mail", "write", "address", "contact", "reach", "send"]
 
 
@@ -149,8 +152,7 @@ def plausible_name(entity_type: str, value: str) -> bool:
 # blanked first: their hash's digits are no spoken number.
 _TAG = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>")
 _WRITTEN_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_SPOKEN_EMAIL = re.compile(
-    rf"\b{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*\s+at\s+{EMAIL_NAME}(?:{EMAIL_DOT}{EMAIL_NAME})*{EMAIL_DOT}{EMAIL_TLD}\b", re.I)
+_SPOKEN_EMAIL = re.compile(SPOKEN_EMAIL, re.I)
 _RUN_TOGETHER_EMAIL = re.compile(rf"\b{EMAIL_NAME}(?:\.{EMAIL_NAME})*at[a-z0-9-]+\.{EMAIL_TLD}\b", re.I)
 RESIDUAL_MIN_DIGITS = 7  # a phone number's local part; card numbers and SSNs are longer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
-from scribeline.spoken_pii import EMAIL_CONTEXT, classify, digit_runs
+from scribeline.spoken_pii import EMAIL_CONTEXT, SPOKEN_EMAIL, classify, digit_runs
 from scribeline.spoken_pii import EMAIL_DOT as _DOT, EMAIL_NAME as _NAME, EMAIL_TLD as _TLD
 
 
@@ -39,8 +39,7 @@ class SpokenNumberRecognizer(EntityRecognizer):
 def spoken_email_recognizer() -> PatternRecognizer:
     """E-mail addresses as whisper writes them when they are spoken."""
     patterns = [
-        # maria dot patel at mailpost dot org / maria.patel at mailpost.org
-        Pattern("spoken", rf"\b{_NAME}(?:{_DOT}{_NAME})*\s+at\s+{_NAME}(?:{_DOT}{_NAME})*{_DOT}{_TLD}\b", 0.85),
+        Pattern("spoken", SPOKEN_EMAIL, 0.85),  # maria dot patel at mailpost dot org
         # "at" heard as "to": mario.pertella to mailpost.org (the name must hold a dot)
         Pattern("spoken to", rf"\b{_NAME}(?:{_DOT}{_NAME})+\s+to\s+{_NAME}(?:{_DOT}{_NAME})*{_DOT}{_TLD}\b", 0.7),
         # run together: Maria.patelatmailpost.org

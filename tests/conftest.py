@@ -28,8 +28,7 @@ _DATA = Path(tempfile.mkdtemp(prefix="scribeline-tests-"))
 def _ports_free(base: int) -> bool:
     from scribeline.services import s3_ports
 
-    ports = s3_ports(8333 + base)
-    for port in ports + [p + 10000 for p in ports]:
+    for port in s3_ports(8333 + base, grpc=True):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return False
